@@ -1,0 +1,1 @@
+"""Data stages: fetch, prepare, episodes."""
