@@ -1,0 +1,153 @@
+"""`reptile-tf prepare`: build the TFDS datasets `omniglot` and `mini_imagenet` from fetched files.
+
+    reptile-tf prepare omniglot --raw data/raw/omniglot --data-dir data/tfds
+    reptile-tf prepare mini_imagenet --raw data/raw/mini_imagenet --data-dir data/tfds
+
+Idempotent: when the dataset is already built in `--data-dir`, nothing is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from reptile_tf.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("omniglot", "mini_imagenet")
+DEFAULT_DATA_DIR = Path("data/tfds")
+
+
+def default_raw_dir(dataset: str) -> Path:
+    return Path("data/raw") / dataset
+
+
+def prepare_command(dataset: str, data_dir: str | os.PathLike) -> str:
+    """The command a user should run to build `dataset` into `data_dir` (for error messages)."""
+    return f"reptile-tf prepare {dataset} --raw {default_raw_dir(dataset)} --data-dir {data_dir}"
+
+
+def builder_class(dataset: str):
+    """The TFDS builder class of `dataset` (imports TensorFlow Datasets)."""
+    if dataset == "omniglot":
+        from reptile_tf.data.omniglot import Omniglot
+
+        return Omniglot
+    if dataset == "mini_imagenet":
+        from reptile_tf.data.mini_imagenet import MiniImagenet
+
+        return MiniImagenet
+    raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+
+
+def get_builder(dataset: str, data_dir: str | os.PathLike):
+    """A builder instance for `dataset` in the TFDS `data_dir` (built or not)."""
+    return builder_class(dataset)(data_dir=os.fspath(Path(data_dir).resolve()))
+
+
+def is_prepared(builder) -> bool:
+    return (Path(builder.data_dir) / "dataset_info.json").is_file()
+
+
+def missing_raw_files(dataset: str, raw_dir: Path) -> list[str]:
+    """Raw files the builder needs that are absent from `raw_dir` (empty = all present)."""
+    if dataset == "omniglot":
+        from reptile_tf.data import omniglot
+
+        return [str(p) for p in omniglot.raw_files(raw_dir) if not p.is_file()]
+    from reptile_tf.data import mini_imagenet
+
+    missing = [str(mini_imagenet.csv_path(raw_dir, s)) for s in mini_imagenet.SPLITS
+               if not mini_imagenet.csv_path(raw_dir, s).is_file()]
+    has_images = (raw_dir / "images").is_dir() or any((raw_dir / a).is_file() for a in mini_imagenet.ARCHIVES)
+    if not has_images:
+        missing.append(f"{raw_dir}/images-{{train,val,test}}.zip or {raw_dir}/images/")
+    return missing
+
+
+def prepare(dataset: str, raw_dir: str | os.PathLike, data_dir: str | os.PathLike) -> None:
+    """Build the TFDS dataset `dataset` from the fetched files in `raw_dir` into `data_dir`.
+
+    A second call with the dataset already built does nothing. TFDS writes into a
+    temporary directory and renames it at the end, so an interrupted build leaves no
+    half-built dataset behind.
+    """
+    if dataset not in DATASETS:
+        raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    raw_dir = Path(raw_dir)
+    builder = get_builder(dataset, data_dir)
+    if is_prepared(builder):
+        log.info("%s already prepared in %s; nothing to do", dataset, builder.data_dir)
+        return
+    missing = missing_raw_files(dataset, raw_dir)
+    if missing:
+        raise UserError(
+            f"raw {dataset} files missing: {', '.join(missing)}; "
+            f"run `reptile-tf fetch {dataset} --dest {raw_dir}` first (or pass --raw DIR)")
+
+    import tensorflow_datasets as tfds
+
+    incomplete = Path(builder.data_dir)
+    if incomplete.exists():
+        # A version dir without dataset_info.json (e.g. a workflow tool deleted that file as a
+        # stale output): TFDS would "reuse" it and build nothing, so remove it and rebuild.
+        log.warning("removing the incomplete %s dataset in %s and building it again", dataset, incomplete)
+        shutil.rmtree(incomplete)
+    # Downloads are not used (manual dir), but TFDS wants a download dir: keep it out of data_dir.
+    with tempfile.TemporaryDirectory(prefix="reptile-tf-prepare-") as download_dir:
+        config = tfds.download.DownloadConfig(
+            manual_dir=os.fspath(raw_dir.resolve()),
+            compute_stats=tfds.download.ComputeStatsMode.SKIP,  # saves a full pass over the data
+        )
+        builder.download_and_prepare(download_dir=download_dir, download_config=config)
+    log.info("%s prepared in %s", dataset, builder.data_dir)
+
+
+def found_counts(dataset: str, data_dir: str | os.PathLike) -> dict:
+    """The image counts recorded by the builder (from the dataset metadata)."""
+    builder = get_builder(dataset, data_dir)
+    metadata = builder.info.metadata or {}
+    return {key: metadata[key] for key in ("images_listed", "images_found") if key in metadata}
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", choices=DATASETS)
+    parser.add_argument("--raw", type=Path, default=None,
+                        help="fetched raw directory (default: data/raw/<dataset>)")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                        help="TFDS data directory (default: data/tfds)")
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    raw_dir = args.raw if args.raw is not None else default_raw_dir(args.dataset)
+    prepare(args.dataset, raw_dir, args.data_dir)
+    counts = found_counts(args.dataset, args.data_dir)
+    if counts:
+        print(json.dumps({args.dataset: summarize_counts(counts)}, indent=2))
+    return 0
+
+
+def summarize_counts(counts: dict) -> dict:
+    """Per split: classes, images listed/found, and the per-class minimum/maximum found."""
+    found = counts.get("images_found", {})
+    listed = counts.get("images_listed", {})
+    summary = {}
+    for split, per_class in found.items():
+        if not isinstance(per_class, dict):
+            summary[split] = per_class
+            continue
+        summary[split] = {
+            "classes": len(per_class),
+            "images_found": sum(per_class.values()),
+            "images_listed": sum(listed.get(split, {}).values()),
+            "min_per_class": min(per_class.values()),
+            "max_per_class": max(per_class.values()),
+        }
+    return summary
