@@ -1,0 +1,510 @@
+"""The meta-learning core: one inner loop shared by Reptile, FOMAML and MAML, and their outer updates.
+
+Everything here is a pure function of tensors (parameter dicts with a leading task
+dimension T for per-task quantities), traceable in one `tf.function` per meta-batch
+(optionally `jit_compile=True`). The three algorithms differ only in the outer update:
+
+- Reptile: phi <- phi + eps * mean_t(phi_t - phi)                      (`reptile_update`)
+- FOMAML (official Reptile code, `--foml`): phi <- phi + eps * mean_t(last inner step's
+  weight change); with `tail_shots > 0` that last step uses a separate tail minibatch
+  (the episode's query set)                                               (`fomaml_update`)
+- MAML: Adam on the meta-gradient of the query loss after the inner loop, exact second order
+  through the inner loop via nested `tf.GradientTape` (`maml_meta_gradient`, `maml_update`);
+  `first_order=True` stops the gradient through the inner updates (the FOMAML gradient).
+
+Adam moments in the inner loop (Reptile/FOMAML): the official code keeps one Adam optimizer
+whose moments (and bias-correction step count) persist across tasks and meta-iterations,
+tasks being run one after another. Here tasks run in parallel, so each task starts from
+the shared moments, and after the meta-batch the shared moments become the mean of the
+tasks' final moments; the shared step count advances by the number of inner steps (each
+averaged moment has seen that many exponential-average updates, so the bias correction
+stays exact for it). MAML's inner loop (plain SGD in the paper) keeps no state; if Adam is
+asked for, MAML starts every task from fresh moments. Second-order MAML through Adam is
+fragile: d sqrt(v)/dv is infinite where a gradient entry is exactly zero (dead ReLU units),
+which can give NaN meta-gradients; use SGD (the paper's choice) or `first_order=True`.
+
+Meta state (`init_meta_state`): a flat dict of tensors, checkpointable as tf.Variables:
+  "params/<name>"                      the meta-parameters phi (no task dimension)
+  "inner_adam/m/<name>", "inner_adam/v/<name>", "inner_adam/t"    (inner Adam, Reptile/FOMAML)
+  "outer_adam/m/<name>", "outer_adam/v/<name>", "outer_adam/t"    (outer Adam, MAML)
+  "step" int64 (meta-iterations done), "rng_seed" int64 (seeds the minibatch schedule).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable, NamedTuple
+
+import tensorflow as tf
+
+from reptile_tf.errors import UserError
+from reptile_tf.models import RNG_ALGORITHM, Model, Params, broadcast_params, mean_over_tasks
+
+INNER_OPTIMIZERS = ("sgd", "adam")
+# Outer Adam of MAML: TF1 `tf.train.AdamOptimizer` defaults, as in the MAML code.
+OUTER_ADAM_BETA1 = 0.9
+OUTER_ADAM_BETA2 = 0.999
+OUTER_ADAM_EPSILON = 1e-8
+
+AdamState = dict  # {"m": Params, "v": Params, "t": scalar float tensor}
+
+
+@dataclass(frozen=True)
+class InnerConfig:
+    """How the inner loop updates per-task parameters.
+
+    optimizer: "sgd" or "adam" (TF1 Adam semantics incl. bias correction; beta1 = 0 as in
+        the Reptile paper by default).
+    first_order: stop the gradient through the inner updates (MAML `first_order=True`).
+    unroll: True = Python loop over the (static) steps, returns per-step gradients and can be
+        differentiated through (training, MAML); False = `tf.while_loop` (evaluation with many
+        steps: small graph, no per-step gradients).
+    """
+
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    beta1: float = 0.0
+    beta2: float = 0.999
+    epsilon: float = 1e-8
+    first_order: bool = False
+    unroll: bool = True
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in INNER_OPTIMIZERS:
+            raise UserError(f"unknown inner optimizer {self.optimizer!r}; choose one of {', '.join(INNER_OPTIMIZERS)}")
+        if not self.lr > 0:
+            raise UserError(f"inner learning rate must be positive (got {self.lr})")
+
+    @classmethod
+    def from_settings(cls, settings, evaluation: bool = False) -> "InnerConfig":
+        """The training (or, with `evaluation=True`, the evaluation) inner loop of `settings`."""
+        lr = settings.inner_lr
+        if evaluation and settings.eval_inner_lr is not None:
+            lr = settings.eval_inner_lr
+        return cls(optimizer=settings.inner_optimizer, lr=float(lr), beta1=float(settings.adam_beta1),
+                   beta2=float(settings.adam_beta2), epsilon=float(settings.adam_epsilon),
+                   first_order=bool(settings.first_order) or evaluation, unroll=not evaluation)
+
+
+class InnerResult(NamedTuple):
+    """What every outer update (and the theory module) needs from an inner loop.
+
+    params: final per-task params `[T, ...]`; prev_params: per-task params before the last step;
+    grads: list (one per step) of per-task gradient dicts at the params before that step
+        (None when `unroll=False`);
+    losses, accuracies: `[steps, T]` minibatch loss/accuracy before each step's update;
+    opt_state: final per-task Adam state ({} for SGD).
+    """
+
+    params: Params
+    prev_params: Params
+    grads: list[Params] | None
+    losses: tf.Tensor
+    accuracies: tf.Tensor
+    opt_state: AdamState
+
+
+# ----------------------------------------------------------------------------- optimizers
+
+
+def _scalar(value, dtype: tf.DType) -> tf.Tensor:
+    """`value` (Python number or tensor) as a `dtype` scalar; Python floats are not rounded to float32 first."""
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        return tf.cast(value, dtype)
+    return tf.constant(value, dtype)
+
+
+def zeros_adam_state(params: Params) -> AdamState:
+    """Fresh Adam moments shaped like `params`, step count 0."""
+    dtype = next(iter(params.values())).dtype
+    return {"m": {k: tf.zeros_like(v) for k, v in params.items()},
+            "v": {k: tf.zeros_like(v) for k, v in params.items()},
+            "t": tf.zeros([], dtype)}
+
+
+def adam_step(params: Params, grads: Params, state: AdamState, lr, beta1: float, beta2: float,
+              epsilon: float) -> tuple[Params, AdamState]:
+    """One Adam step with TF1 `AdamOptimizer` semantics; shared by the inner and the outer loop.
+
+    lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t); m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+    p -= lr_t * m / (sqrt(v) + epsilon). Works elementwise, so per-task params/moments `[T, ...]`
+    and shared ones alike (the step count t is a scalar).
+    """
+    t = state["t"] + 1
+    dtype = t.dtype
+    lr_t = _scalar(lr, dtype) * tf.sqrt(1 - tf.pow(_scalar(beta2, dtype), t)) / (1 - tf.pow(_scalar(beta1, dtype), t))
+    new_params, new_m, new_v = {}, {}, {}
+    for name, value in params.items():
+        grad = grads[name]
+        b1, b2 = _scalar(beta1, grad.dtype), _scalar(beta2, grad.dtype)
+        new_m[name] = b1 * state["m"][name] + (1 - b1) * grad
+        new_v[name] = b2 * state["v"][name] + (1 - b2) * tf.square(grad)
+        new_params[name] = value - tf.cast(lr_t, value.dtype) * new_m[name] / (tf.sqrt(new_v[name]) + _scalar(epsilon, value.dtype))
+    return new_params, {"m": new_m, "v": new_v, "t": t}
+
+
+def sgd_step(params: Params, grads: Params, lr) -> Params:
+    return {name: value - _scalar(lr, value.dtype) * grads[name] for name, value in params.items()}
+
+
+def _broadcast_adam(state: AdamState, num_tasks) -> AdamState:
+    return {"m": broadcast_params(state["m"], num_tasks), "v": broadcast_params(state["v"], num_tasks), "t": state["t"]}
+
+
+def _mean_adam(state: AdamState) -> AdamState:
+    return {"m": mean_over_tasks(state["m"]), "v": mean_over_tasks(state["v"]), "t": state["t"]}
+
+
+# ----------------------------------------------------------------------------- minibatches
+
+
+def _num_tasks(x: tf.Tensor):
+    """Static task count when known (keeps shapes static), else the dynamic one."""
+    return x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
+
+
+def minibatch_schedule(num_images: int, batch: int, steps: int, seed, num_tasks: int | None = None) -> tf.Tensor:
+    """Indices `[steps, batch]` (or `[num_tasks, steps, batch]`) of the inner minibatches.
+
+    Like the official `_mini_batches(..., replacement=False)`: an endless stream of shuffled
+    passes over the task's `num_images` images, cut into consecutive minibatches (a minibatch
+    may span two passes). In-graph and stateless: `seed` is an int tensor of shape [2].
+    """
+    if num_images < 1 or batch < 1 or steps < 0:
+        raise UserError(f"minibatch schedule needs num_images >= 1, batch >= 1, steps >= 0 "
+                        f"(got {num_images}, {batch}, {steps})")
+    passes = max(1, math.ceil(steps * batch / num_images))
+    lead = [] if num_tasks is None else [num_tasks]
+    keys = tf.random.stateless_uniform([*lead, passes, num_images], seed=seed, alg=RNG_ALGORITHM)
+    order = tf.argsort(keys, axis=-1, stable=True)
+    flat = tf.reshape(order, [*lead, passes * num_images])[..., : steps * batch]
+    return tf.reshape(flat, [*lead, steps, batch])
+
+
+def make_inner_batches(x: tf.Tensor, y: tf.Tensor, batch: int, steps: int, seed) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per-task minibatches `xs [T, steps, b, ...]`, `ys [T, steps, b, ...]` from `x [T, n, ...]`.
+
+    `batch = 0` means the whole set in every step (MAML); otherwise the schedule of
+    `minibatch_schedule`, drawn independently for each task.
+    """
+    num_tasks, num_images = _num_tasks(x), x.shape[1]
+    if batch == 0:
+        return tf.repeat(x[:, None], steps, axis=1), tf.repeat(y[:, None], steps, axis=1)
+    indices = minibatch_schedule(num_images, batch, steps, seed, num_tasks=num_tasks)
+    return tf.gather(x, indices, batch_dims=1), tf.gather(y, indices, batch_dims=1)
+
+
+# ----------------------------------------------------------------------------- inner loop
+
+
+def task_gradients(model: Model, params: Params, x: tf.Tensor, y: tf.Tensor,
+                   first_order: bool = False) -> tuple[Params, tf.Tensor, tf.Tensor]:
+    """Per-task gradients `[T, ...]`, losses `[T]` and accuracies `[T]` on one minibatch per task.
+
+    One gradient of the sum of the per-task losses w.r.t. the batched params: tasks are
+    independent, so each task's slice is that task's own gradient. Differentiable again
+    (MAML) unless `first_order`.
+    """
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        outputs = model.apply(params, x)
+        losses = model.loss(outputs, y)
+        total = tf.reduce_sum(losses)
+    grads = tape.gradient(total, params)
+    if first_order:
+        grads = {name: tf.stop_gradient(g) for name, g in grads.items()}
+    return grads, losses, model.accuracy(outputs, y)
+
+
+def _update(params: Params, grads: Params, opt_state: AdamState, cfg: InnerConfig) -> tuple[Params, AdamState]:
+    if cfg.optimizer == "adam":
+        return adam_step(params, grads, opt_state, cfg.lr, cfg.beta1, cfg.beta2, cfg.epsilon)
+    return sgd_step(params, grads, cfg.lr), opt_state
+
+
+def _run_inner(model: Model, params: Params, get_batch: Callable, steps: int, cfg: InnerConfig,
+               opt_state: AdamState | None) -> InnerResult:
+    if cfg.optimizer == "adam" and not opt_state:
+        opt_state = zeros_adam_state(params)
+    if cfg.optimizer == "sgd":
+        opt_state = {}
+    if steps < 1:
+        raise UserError(f"the inner loop needs at least one step (got {steps}); set inner_steps >= 1")
+    if cfg.unroll:
+        prev, grads_per_step, losses, accuracies = params, [], [], []
+        for step in range(steps):
+            x, y = get_batch(step)
+            grads, loss, accuracy = task_gradients(model, params, x, y, cfg.first_order)
+            prev = params
+            params, opt_state = _update(params, grads, opt_state, cfg)
+            grads_per_step.append(grads)
+            losses.append(loss)
+            accuracies.append(accuracy)
+        return InnerResult(params, prev, grads_per_step, tf.stack(losses), tf.stack(accuracies), opt_state)
+
+    loss_dtype = tf.float64 if next(iter(params.values())).dtype == tf.float64 else tf.float32
+
+    def body(step, params, prev, opt_state, losses, accuracies):
+        x, y = get_batch(step)
+        grads, loss, accuracy = task_gradients(model, params, x, y, first_order=True)
+        new_params, opt_state = _update(params, grads, opt_state, cfg)
+        return (step + 1, new_params, params, opt_state, losses.write(step, tf.cast(loss, loss_dtype)),
+                accuracies.write(step, accuracy))
+
+    loop_vars = (tf.constant(0), params, params, opt_state,
+                 tf.TensorArray(loss_dtype, size=steps), tf.TensorArray(tf.float32, size=steps))
+    _, params, prev, opt_state, losses, accuracies = tf.while_loop(
+        lambda step, *_: step < steps, body, loop_vars, maximum_iterations=steps)
+    return InnerResult(params, prev, None, losses.stack(), accuracies.stack(), opt_state)
+
+
+def inner_loop(model: Model, params: Params, xs: tf.Tensor, ys: tf.Tensor, cfg: InnerConfig,
+               opt_state: AdamState | None = None) -> InnerResult:
+    """Run k = xs.shape[1] optimizer steps on per-task params, step i on minibatch xs[:, i].
+
+    params: per-task `[T, ...]`; xs `[T, k, b, ...]`; ys `[T, k, b]` (or `[T, k, b, 1]` for
+    regression); opt_state: per-task Adam state (moments `[T, ...]`, scalar step count), or
+    None for fresh moments. Shared by all three algorithms and the theory module.
+    """
+    steps = xs.shape[1]
+    if steps is None:
+        raise UserError("inner_loop needs a static number of steps (xs.shape[1]); build xs with a fixed shape")
+    return _run_inner(model, params, lambda i: (xs[:, i], ys[:, i]), steps, cfg, opt_state)
+
+
+# ----------------------------------------------------------------------------- outer updates
+
+
+def reptile_update(params: Params, task_params: Params, epsilon) -> Params:
+    """phi + eps * mean_t(phi_t - phi): the Reptile outer step (eps annealed by the caller)."""
+    return {name: value + _scalar(epsilon, value.dtype) * tf.reduce_mean(task_params[name] - value[None], axis=0)
+            for name, value in params.items()}
+
+
+def fomaml_update(params: Params, task_params: Params, task_prev_params: Params, epsilon) -> Params:
+    """phi + eps * mean_t(last inner step's weight change): FOMAML as in the official Reptile code."""
+    return {name: value + _scalar(epsilon, value.dtype) * tf.reduce_mean(task_params[name] - task_prev_params[name], axis=0)
+            for name, value in params.items()}
+
+
+def maml_meta_gradient(model: Model, params: Params, xs: tf.Tensor, ys: tf.Tensor, query_x: tf.Tensor,
+                       query_y: tf.Tensor, cfg: InnerConfig) -> tuple[Params, InnerResult, tf.Tensor, tf.Tensor]:
+    """Gradient of mean_t(query loss of task t after the inner loop) w.r.t. the shared params phi.
+
+    Exact second order (a `tf.GradientTape` around the whole inner loop, whose own gradients
+    are recorded) unless `cfg.first_order`, which stops the gradient through the inner
+    updates and so gives the gradient of the query loss at the adapted params.
+    Returns (meta_gradient, inner result, per-task query losses `[T]`, query accuracies `[T]`).
+    """
+    num_tasks = _num_tasks(xs)
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        task_params = broadcast_params(params, num_tasks)
+        # MAML keeps no inner optimizer state across tasks (fresh Adam moments if Adam is used).
+        result = inner_loop(model, task_params, xs, ys, replace(cfg, unroll=True), None)
+        outputs = model.apply(result.params, query_x)
+        query_losses = model.loss(outputs, query_y)
+        meta_loss = tf.reduce_mean(query_losses)
+    meta_grad = tape.gradient(meta_loss, params)
+    return meta_grad, result, query_losses, model.accuracy(outputs, query_y)
+
+
+def maml_update(params: Params, meta_grad: Params, adam_state: AdamState | None, lr,
+                optimizer: str = "adam") -> tuple[Params, AdamState | None]:
+    """The MAML outer step: Adam (TF1 defaults 0.9 / 0.999 / 1e-8, lr = settings.outer_lr) or SGD."""
+    if optimizer == "adam":
+        return adam_step(params, meta_grad, adam_state, lr, OUTER_ADAM_BETA1, OUTER_ADAM_BETA2, OUTER_ADAM_EPSILON)
+    if optimizer == "sgd":
+        return sgd_step(params, meta_grad, lr), adam_state
+    raise UserError(f"unknown outer optimizer {optimizer!r} for MAML; choose adam or sgd")
+
+
+# ----------------------------------------------------------------------------- meta state
+
+
+def _flatten(prefix: str, params: Params) -> dict[str, tf.Tensor]:
+    return {f"{prefix}/{name}": value for name, value in params.items()}
+
+
+def _unflatten(prefix: str, state: dict[str, tf.Tensor]) -> Params:
+    start = len(prefix) + 1
+    return {key[start:]: value for key, value in state.items() if key.startswith(prefix + "/")}
+
+
+def _flatten_adam(prefix: str, adam: AdamState) -> dict[str, tf.Tensor]:
+    return {**_flatten(f"{prefix}/m", adam["m"]), **_flatten(f"{prefix}/v", adam["v"]), f"{prefix}/t": adam["t"]}
+
+
+def _unflatten_adam(prefix: str, state: dict[str, tf.Tensor]) -> AdamState | None:
+    if f"{prefix}/t" not in state:
+        return None
+    return {"m": _unflatten(f"{prefix}/m", state), "v": _unflatten(f"{prefix}/v", state), "t": state[f"{prefix}/t"]}
+
+
+def params_from_state(state: dict[str, tf.Tensor]) -> Params:
+    """The meta-parameters phi stored in a meta state."""
+    return _unflatten("params", state)
+
+
+def inner_adam_from_state(state: dict[str, tf.Tensor]) -> AdamState | None:
+    """The persistent inner Adam state (shared, no task dimension), or None (SGD / MAML)."""
+    return _unflatten_adam("inner_adam", state)
+
+
+def _check_settings(settings) -> None:
+    if settings.algorithm not in ("reptile", "fomaml", "maml"):
+        raise UserError(f"unknown algorithm {settings.algorithm!r}; choose one of reptile, fomaml, maml")
+    if settings.inner_optimizer not in INNER_OPTIMIZERS:
+        raise UserError(f"unknown inner optimizer {settings.inner_optimizer!r}; choose sgd or adam")
+    if settings.algorithm != "maml" and settings.outer_optimizer != "sgd":
+        raise UserError(f"{settings.algorithm} interpolates with an annealed step size; set outer_optimizer "
+                        f"to 'sgd' (got {settings.outer_optimizer!r})")
+    if settings.algorithm == "maml" and settings.outer_optimizer not in ("adam", "sgd"):
+        raise UserError(f"unknown outer optimizer {settings.outer_optimizer!r} for MAML; choose adam or sgd")
+    if settings.inner_steps < 1:
+        raise UserError(f"inner_steps must be >= 1 (got {settings.inner_steps})")
+    if settings.algorithm == "fomaml" and settings.tail_shots > 0 and settings.inner_steps < 1:
+        raise UserError("FOMAML with a tail minibatch needs inner_steps >= 1")
+
+
+def _keeps_inner_adam(settings) -> bool:
+    return settings.inner_optimizer == "adam" and settings.algorithm != "maml"
+
+
+def init_meta_state(model: Model, params: Params, settings, seed: int = 0) -> dict[str, tf.Tensor]:
+    """The initial meta state (flat dict of tensors, see the module docstring) for `settings`.
+
+    `seed` seeds the in-graph inner minibatch schedules (with the step counter).
+    """
+    _check_settings(settings)
+    state: dict[str, tf.Tensor] = _flatten("params", {k: tf.identity(v) for k, v in params.items()})
+    if _keeps_inner_adam(settings):
+        state.update(_flatten_adam("inner_adam", zeros_adam_state(params)))
+    if settings.algorithm == "maml" and settings.outer_optimizer == "adam":
+        state.update(_flatten_adam("outer_adam", zeros_adam_state(params)))
+    state["step"] = tf.constant(0, tf.int64)
+    state["rng_seed"] = tf.constant(seed, tf.int64)
+    return state
+
+
+def schedule_seed(state: dict[str, tf.Tensor], salt: int = 0) -> tf.Tensor:
+    """Stateless seed [2] of this meta-iteration's inner minibatch schedule (from rng_seed and step)."""
+    return tf.stack([tf.cast(state["rng_seed"], tf.int64), tf.cast(state["step"], tf.int64) * 16 + salt])
+
+
+def meta_step(model: Model, settings, state: dict[str, tf.Tensor], batch: dict[str, tf.Tensor],
+              outer_lr) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+    """One meta-iteration on a meta-batch of tasks (pure; wrap it in one tf.function).
+
+    batch: Episodes dict; support_x/support_y hold `train_shots` images per class (the inner
+    loop's training images), query_x/query_y the tail minibatch (FOMAML, `tail_shots > 0`) or
+    the query set (MAML); Reptile ignores the queries. outer_lr: the (annealed) Reptile/FOMAML
+    step size eps, or the MAML outer learning rate (pass a tensor to avoid retracing).
+    Returns (new state, metrics): "loss"/"accuracy" = mean over tasks and inner steps of the
+    minibatch loss/accuracy before each step; MAML adds "query_loss"/"query_accuracy" after
+    adaptation.
+    """
+    _check_settings(settings)
+    params = params_from_state(state)
+    support_x, support_y = batch["support_x"], batch["support_y"]
+    uses_queries = settings.algorithm == "maml" or (settings.algorithm == "fomaml" and settings.tail_shots > 0)
+    if uses_queries and (batch["query_x"].shape[1] or 0) == 0:
+        raise UserError(f"{settings.algorithm} needs query images in the meta-batch (the "
+                        f"{'query set' if settings.algorithm == 'maml' else 'tail minibatch'}); sample tasks with "
+                        f"{'queries' if settings.algorithm == 'maml' else 'tail_shots'} > 0")
+    num_tasks = _num_tasks(support_x)
+    cfg = InnerConfig.from_settings(settings)
+    new_state = dict(state)
+    metrics: dict[str, tf.Tensor] = {}
+    steps = settings.inner_steps
+    if settings.algorithm == "fomaml" and settings.tail_shots > 0:
+        steps -= 1  # the last step uses the tail minibatch
+    xs, ys = make_inner_batches(support_x, support_y, settings.inner_batch, steps, schedule_seed(state))
+
+    if settings.algorithm == "maml":
+        meta_grad, result, query_losses, query_accuracies = maml_meta_gradient(
+            model, params, xs, ys, batch["query_x"], batch["query_y"], cfg)
+        outer = _unflatten_adam("outer_adam", state)
+        new_params, outer = maml_update(params, meta_grad, outer, outer_lr, settings.outer_optimizer)
+        if outer is not None:
+            new_state.update(_flatten_adam("outer_adam", outer))
+        metrics["query_loss"] = tf.reduce_mean(tf.cast(query_losses, tf.float32))
+        metrics["query_accuracy"] = tf.reduce_mean(query_accuracies)
+        losses, accuracies = result.losses, result.accuracies
+    else:
+        task_params = broadcast_params(params, num_tasks)
+        inner_adam = inner_adam_from_state(state)
+        opt_state = _broadcast_adam(inner_adam, num_tasks) if inner_adam is not None else None
+        parts = []
+        if steps > 0:
+            result = inner_loop(model, task_params, xs, ys, cfg, opt_state)
+            parts.append(result)
+            task_params, opt_state = result.params, result.opt_state
+        if settings.algorithm == "fomaml" and settings.tail_shots > 0:
+            tail = inner_loop(model, task_params, batch["query_x"][:, None], batch["query_y"][:, None], cfg, opt_state)
+            parts.append(tail)
+            result = tail
+        losses = tf.concat([part.losses for part in parts], axis=0)
+        accuracies = tf.concat([part.accuracies for part in parts], axis=0)
+        if settings.algorithm == "reptile":
+            new_params = reptile_update(params, result.params, outer_lr)
+        else:
+            new_params = fomaml_update(params, result.params, result.prev_params, outer_lr)
+        if inner_adam is not None:
+            new_state.update(_flatten_adam("inner_adam", _mean_adam(result.opt_state)))
+
+    new_state.update(_flatten("params", new_params))
+    new_state["step"] = state["step"] + 1
+    metrics["loss"] = tf.reduce_mean(tf.cast(losses, tf.float32))
+    metrics["accuracy"] = tf.reduce_mean(accuracies)
+    return new_state, metrics
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def adapt(model: Model, settings, params: Params, support_x: tf.Tensor, support_y: tf.Tensor, seed,
+          opt_state: AdamState | None = None) -> Params:
+    """Fine-tune `params` (shared, no task dim) on each task's support set -> per-task params `[T, ...]`.
+
+    `settings.eval_inner_steps` steps of the inner optimizer: Adam with `eval_inner_batch`
+    minibatches for Reptile/FOMAML, SGD on the whole support set (`eval_inner_batch = 0`) for
+    MAML; lr = eval_inner_lr (or inner_lr). `seed`: int tensor [2] for the minibatch schedule.
+    `opt_state`: shared inner Adam state to start from; the official Reptile code evaluates
+    starting from the training-time Adam moments (`inner_adam_from_state(state)`); None = fresh.
+    Runs as a `tf.while_loop` (small graph even for 50 steps).
+    """
+    cfg = InnerConfig.from_settings(settings, evaluation=True)
+    num_tasks, num_images = _num_tasks(support_x), support_x.shape[1]
+    steps, batch = settings.eval_inner_steps, settings.eval_inner_batch
+    task_params = broadcast_params(params, num_tasks)
+    task_opt = _broadcast_adam(opt_state, num_tasks) if (opt_state and cfg.optimizer == "adam") else None
+    if batch == 0:
+        get_batch = lambda step: (support_x, support_y)  # noqa: E731
+    else:
+        indices = minibatch_schedule(num_images, batch, steps, seed, num_tasks=num_tasks)
+
+        def get_batch(step):
+            chosen = tf.gather(indices, step, axis=1)
+            return tf.gather(support_x, chosen, batch_dims=1), tf.gather(support_y, chosen, batch_dims=1)
+
+    return _run_inner(model, task_params, get_batch, steps, cfg, task_opt).params
+
+
+def predict(model: Model, task_params: Params, support_x: tf.Tensor, query_x: tf.Tensor,
+            transductive: bool) -> tf.Tensor:
+    """Outputs `[T, Q, num_outputs]` for the queries, with per-task params `[T, ...]`.
+
+    transductive: all Q queries of a task in one batch (batch norm sees the query batch).
+    Otherwise each query is predicted in a batch of the task's whole support set plus that
+    one query (official code), vectorised as T*Q tasks with repeated params.
+    """
+    if transductive:
+        return model.apply(task_params, query_x)
+    num_tasks, num_queries = _num_tasks(query_x), query_x.shape[1]
+    repeated = {name: tf.repeat(value, num_queries, axis=0) for name, value in task_params.items()}
+    supports = tf.repeat(support_x, num_queries, axis=0)  # row t*Q + q = task t
+    singles = tf.reshape(query_x, [num_tasks * num_queries, 1, *query_x.shape[2:]])
+    outputs = model.apply(repeated, tf.concat([supports, singles], axis=1))
+    return tf.reshape(outputs[:, -1], [num_tasks, num_queries, outputs.shape[-1]])

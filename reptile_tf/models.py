@@ -1,0 +1,306 @@
+"""The networks as pure functions of (params, inputs), batched over tasks.
+
+Parameters are plain tensors in a dict (no Keras layers own state), so an inner loop can
+update them functionally, MAML can differentiate through those updates, and a whole
+meta-batch runs at once: every parameter carries a leading task dimension T and inputs
+are `[T, B, ...]`.
+
+Architectures (REFERENCE.md "Networks", the layers of the official supervised-reptile code):
+- "omniglot" (28x28x1): 4 x [3x3 conv 64, stride 2, 'same', batch norm, ReLU], flatten, dense.
+- "mini_imagenet" (84x84x3): 4 x [3x3 conv 32, 'same', batch norm, 2x2 max-pool 'same', ReLU],
+  flatten, dense.
+- "sine" (1 -> 1): MLP 1-40-40-1 with ReLU, MSE loss (MAML paper, section 5.1).
+
+Batch norm always uses the statistics of the current batch of each task (moments over the
+batch and spatial axes, per task), with learnable scale/offset, as `training=True` in the
+official code (epsilon 1e-3, the `tf.layers.batch_normalization` default).
+The convolutions have no bias: the official `tf.layers.conv2d` bias is cancelled exactly by
+batch norm's mean subtraction, so it never changes an output and its true gradient is zero
+(with Adam it would only random-walk on rounding noise). Parameter counts are therefore the
+official ones minus the conv biases (Omniglot 5-way 112,965; Mini-ImageNet 5-way 34,533).
+
+Mixed precision: `apply` computes in `compute_dtype` (default: the global Keras policy's
+compute dtype when the params are float32, else the params' dtype) and returns float32
+outputs (float64 if the params are float64), so losses are always computed in full precision.
+Parameters stay float32; gradients flow back through the casts. No loss scaling is done, so
+prefer "mixed_bfloat16" (float16 gradients may underflow).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import tensorflow as tf
+
+from reptile_tf.errors import UserError
+
+ARCHS = ("omniglot", "mini_imagenet", "sine")
+BATCH_NORM_EPSILON = 1e-3
+# "Accuracy" of a regression model: fraction of predictions within this absolute error.
+# Keeps `accuracy` meaningful (in [0, 1]) for the sine task; amplitudes are in [0.1, 5].
+REGRESSION_HIT_TOLERANCE = 0.5
+# Stateless RNG algorithm, named so that it does not depend on the device. Note: TF's XLA
+# kernels of the stateless RNG produce a different stream than the non-XLA ones, so a run is
+# reproducible for a fixed `jit_compile` setting, not across it.
+RNG_ALGORITHM = "philox"
+
+Params = dict[str, tf.Tensor]
+
+
+@dataclass(frozen=True)
+class Model:
+    """A network as pure functions.
+
+    init(seed, dtype=tf.float32) -> params without task dimension (Keras-default initialisation,
+        deterministic in `seed`).
+    apply(params, x, compute_dtype=None) -> outputs `[T, B, num_outputs]`; params have a leading
+        task dimension T, x is `[T, B, *input_shape]`.
+    loss(outputs, y) -> `[T]` per-task mean loss (cross-entropy with int labels `[T, B]`, or MSE
+        with float targets `[T, B, 1]`).
+    accuracy(outputs, y) -> `[T]` per-task fraction correct (regression: within
+        REGRESSION_HIT_TOLERANCE).
+    """
+
+    init: Callable[..., Params]
+    apply: Callable[..., tf.Tensor]
+    loss: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+    accuracy: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+    arch: str
+    num_outputs: int
+    input_shape: tuple[int, ...]
+    is_classifier: bool
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def same_padding(size: int, stride: int, kernel: int = 3) -> tuple[int, int, int]:
+    """(pad_before, pad_after, out_size) of TF 'SAME' padding: the extra pad goes at the end."""
+    out_size = -(-size // stride)
+    total = max((out_size - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2, out_size
+
+
+def batched_conv3x3(x: tf.Tensor, kernel: tf.Tensor, stride: int = 1) -> tf.Tensor:
+    """3x3 'SAME' convolution with a different kernel per task.
+
+    x `[T, B, H, W, Cin]`, kernel `[T, 3, 3, Cin, Cout]` -> `[T, B, H', W', Cout]`; equals
+    `tf.nn.conv2d(x[t], kernel[t], stride, 'SAME')` for every t. Implemented as the 9 shifted
+    (strided) slices of the padded input concatenated on channels, then one batched matmul
+    (einsum): differentiable to any order, XLA-friendly, and no Python loop over tasks.
+    """
+    height, width = x.shape[2], x.shape[3]
+    top, bottom, out_h = same_padding(height, stride)
+    left, right, out_w = same_padding(width, stride)
+    padded = tf.pad(x, [[0, 0], [0, 0], [top, bottom], [left, right], [0, 0]])
+    patches = [
+        padded[:, :, i : i + (out_h - 1) * stride + 1 : stride, j : j + (out_w - 1) * stride + 1 : stride, :]
+        for i in range(3)
+        for j in range(3)
+    ]
+    stacked = tf.concat(patches, axis=-1)  # channel index = (i * 3 + j) * Cin + c
+    cin, cout = kernel.shape[-2], kernel.shape[-1]
+    flat_kernel = tf.reshape(kernel, [-1, 9 * cin, cout])  # same (i, j, c) order, row-major
+    return tf.einsum("tbhwk,tko->tbhwo", stacked, flat_kernel)
+
+
+def batch_norm(x: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
+    """Per-task batch norm with batch statistics: moments over batch and spatial axes."""
+    axes = list(range(1, len(x.shape) - 1))
+    # Not tf.nn.moments: it stops the gradient through the mean inside the variance, which is
+    # harmless to first order but drops a term of the second derivative (MAML).
+    mean = tf.reduce_mean(x, axis=axes, keepdims=True)
+    centered = x - mean
+    variance = tf.reduce_mean(tf.square(centered), axis=axes, keepdims=True)
+    shape = [-1] + [1] * (len(x.shape) - 2) + [x.shape[-1]]
+    scale = tf.reshape(scale, shape)
+    offset = tf.reshape(offset, shape)
+    return centered * (scale * tf.math.rsqrt(variance + BATCH_NORM_EPSILON)) + offset
+
+
+def max_pool2x2(x: tf.Tensor) -> tf.Tensor:
+    """2x2 max-pool, stride 2, 'SAME', on `[T, B, H, W, C]` (folded to `[T*B, ...]`)."""
+    tasks, batch = tf.shape(x)[0], tf.shape(x)[1]
+    folded = tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], axis=0))
+    pooled = tf.nn.max_pool2d(folded, ksize=2, strides=2, padding="SAME")
+    return tf.reshape(pooled, tf.concat([[tasks, batch], tf.shape(pooled)[1:]], axis=0))
+
+
+def dense(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
+    """x `[T, B, K]`, kernel `[T, K, O]`, bias `[T, O]` -> `[T, B, O]`."""
+    return tf.einsum("tbk,tko->tbo", x, kernel) + bias[:, None, :]
+
+
+def _glorot_uniform(shape: tuple[int, ...], fan_in: int, fan_out: int, seed: tuple[int, int], dtype) -> tf.Tensor:
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return tf.random.stateless_uniform(shape, seed=seed, minval=-limit, maxval=limit, dtype=dtype, alg=RNG_ALGORITHM)
+
+
+def _compute_dtype(params: Params, compute_dtype) -> tf.DType:
+    if compute_dtype is not None:
+        return tf.as_dtype(compute_dtype)
+    param_dtype = next(iter(params.values())).dtype
+    if param_dtype == tf.float32:
+        return tf.as_dtype(tf.keras.mixed_precision.global_policy().compute_dtype)
+    return param_dtype
+
+
+def _output_dtype(params: Params) -> tf.DType:
+    return tf.float64 if next(iter(params.values())).dtype == tf.float64 else tf.float32
+
+
+def _cast_params(params: Params, dtype: tf.DType) -> Params:
+    return {name: tf.cast(value, dtype) for name, value in params.items()}
+
+
+# ----------------------------------------------------------------------------- conv nets
+
+_CONV_SPECS = {
+    # arch: (input shape, filters, stride, max-pool)
+    "omniglot": ((28, 28, 1), 64, 2, False),
+    "mini_imagenet": ((84, 84, 3), 32, 1, True),
+}
+_CONV_BLOCKS = 4
+
+
+def _conv_feature_size(arch: str) -> int:
+    (height, width, _), filters, stride, pool = _CONV_SPECS[arch]
+    for _ in range(_CONV_BLOCKS):
+        height, width = -(-height // stride), -(-width // stride)
+        if pool:
+            height, width = -(-height // 2), -(-width // 2)
+    return height * width * filters
+
+
+def _conv_init(arch: str, num_outputs: int) -> Callable[..., Params]:
+    (_, _, channels), filters, _, _ = _CONV_SPECS[arch]
+
+    def init(seed: int, dtype=tf.float32) -> Params:
+        params: Params = {}
+        cin = channels
+        for block in range(_CONV_BLOCKS):
+            params[f"conv{block}/kernel"] = _glorot_uniform(
+                (3, 3, cin, filters), 9 * cin, 9 * filters, (seed, block), dtype)
+            params[f"bn{block}/scale"] = tf.ones([filters], dtype)
+            params[f"bn{block}/offset"] = tf.zeros([filters], dtype)
+            cin = filters
+        features = _conv_feature_size(arch)
+        params["dense/kernel"] = _glorot_uniform(
+            (features, num_outputs), features, num_outputs, (seed, _CONV_BLOCKS), dtype)
+        params["dense/bias"] = tf.zeros([num_outputs], dtype)
+        return params
+
+    return init
+
+
+def _conv_apply(arch: str) -> Callable[..., tf.Tensor]:
+    input_shape, _, stride, pool = _CONV_SPECS[arch]
+
+    def apply(params: Params, x: tf.Tensor, compute_dtype=None) -> tf.Tensor:
+        dtype = _compute_dtype(params, compute_dtype)
+        weights = _cast_params(params, dtype)
+        out = tf.cast(tf.reshape(x, tf.concat([tf.shape(x)[:2], input_shape], axis=0)), dtype)
+        out.set_shape([None, None, *input_shape])
+        for block in range(_CONV_BLOCKS):
+            out = batched_conv3x3(out, weights[f"conv{block}/kernel"], stride)
+            out = batch_norm(out, weights[f"bn{block}/scale"], weights[f"bn{block}/offset"])
+            if pool:
+                out = max_pool2x2(out)
+            out = tf.nn.relu(out)
+        out = tf.reshape(out, tf.concat([tf.shape(out)[:2], [_conv_feature_size(arch)]], axis=0))
+        logits = dense(out, weights["dense/kernel"], weights["dense/bias"])
+        return tf.cast(logits, _output_dtype(params))
+
+    return apply
+
+
+# ----------------------------------------------------------------------------- sine MLP
+
+_SINE_HIDDEN = (40, 40)
+
+
+def _mlp_init(num_outputs: int) -> Callable[..., Params]:
+    def init(seed: int, dtype=tf.float32) -> Params:
+        params: Params = {}
+        sizes = (1, *_SINE_HIDDEN, num_outputs)
+        for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            params[f"dense{layer}/kernel"] = _glorot_uniform((fan_in, fan_out), fan_in, fan_out, (seed, layer), dtype)
+            params[f"dense{layer}/bias"] = tf.zeros([fan_out], dtype)
+        return params
+
+    return init
+
+
+def _mlp_apply(params: Params, x: tf.Tensor, compute_dtype=None) -> tf.Tensor:
+    dtype = _compute_dtype(params, compute_dtype)
+    weights = _cast_params(params, dtype)
+    out = tf.cast(x, dtype)
+    layers = len(_SINE_HIDDEN) + 1
+    for layer in range(layers):
+        out = dense(out, weights[f"dense{layer}/kernel"], weights[f"dense{layer}/bias"])
+        if layer < layers - 1:
+            out = tf.nn.relu(out)
+    return tf.cast(out, _output_dtype(params))
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def cross_entropy_loss(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """Per-task mean softmax cross-entropy: logits `[T, B, C]`, int labels `[T, B]` -> `[T]`."""
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32), logits=logits)
+    return tf.reduce_mean(losses, axis=-1)
+
+
+def classification_accuracy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """Per-task fraction of argmax predictions equal to the labels -> `[T]` float32."""
+    correct = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), tf.cast(labels, tf.int32))
+    return tf.reduce_mean(tf.cast(correct, tf.float32), axis=-1)
+
+
+def mse_loss(outputs: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
+    """Per-task mean squared error: `[T, B, 1]` vs `[T, B, 1]` -> `[T]`."""
+    targets = tf.reshape(tf.cast(targets, outputs.dtype), tf.shape(outputs))
+    return tf.reduce_mean(tf.square(outputs - targets), axis=[1, 2])
+
+
+def regression_accuracy(outputs: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
+    """Per-task fraction of predictions within REGRESSION_HIT_TOLERANCE of the target."""
+    targets = tf.reshape(tf.cast(targets, outputs.dtype), tf.shape(outputs))
+    hits = tf.abs(outputs - targets) < REGRESSION_HIT_TOLERANCE
+    return tf.reduce_mean(tf.cast(hits, tf.float32), axis=[1, 2])
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def get_model(arch: str, num_outputs: int) -> Model:
+    """The network for `arch` ("omniglot", "mini_imagenet" or "sine") with `num_outputs` outputs."""
+    if arch not in ARCHS:
+        raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    if int(num_outputs) < 1:
+        raise UserError(f"num_outputs must be a positive number of classes/outputs (got {num_outputs})")
+    num_outputs = int(num_outputs)
+    if arch == "sine":
+        return Model(init=_mlp_init(num_outputs), apply=_mlp_apply, loss=mse_loss, accuracy=regression_accuracy,
+                     arch=arch, num_outputs=num_outputs, input_shape=(1,), is_classifier=False)
+    return Model(init=_conv_init(arch, num_outputs), apply=_conv_apply(arch), loss=cross_entropy_loss,
+                 accuracy=classification_accuracy, arch=arch, num_outputs=num_outputs,
+                 input_shape=_CONV_SPECS[arch][0], is_classifier=True)
+
+
+def count_params(params: Params) -> int:
+    """Number of scalar parameters (of one task if `params` has no task dimension)."""
+    return int(sum(int(tf.size(value)) for value in params.values()))
+
+
+def broadcast_params(params: Params, num_tasks) -> Params:
+    """Add a leading task dimension: every task starts from the same parameters."""
+    return {name: tf.repeat(value[None], num_tasks, axis=0) for name, value in params.items()}
+
+
+def mean_over_tasks(task_params: Params) -> Params:
+    """Average per-task parameters over the leading task dimension."""
+    return {name: tf.reduce_mean(value, axis=0) for name, value in task_params.items()}

@@ -1,0 +1,148 @@
+"""Models as pure functions: the batched conv equals tf.nn.conv2d, shapes, counts, init, dtypes."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from reptile_tf.errors import UserError
+from reptile_tf.models import (
+    batch_norm, batched_conv3x3, broadcast_params, count_params, cross_entropy_loss, get_model,
+    max_pool2x2, mean_over_tasks, mse_loss, same_padding,
+)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [(7, 7), (8, 6), (28, 28)])
+def test_batched_conv_equals_tf_conv2d_same(stride, size):
+    rng = np.random.default_rng(0)
+    tasks, batch, cin, cout = 3, 2, 4, 5
+    x = rng.normal(size=(tasks, batch, *size, cin)).astype(np.float32)
+    kernel = rng.normal(size=(tasks, 3, 3, cin, cout)).astype(np.float32)
+    got = batched_conv3x3(tf.constant(x), tf.constant(kernel), stride).numpy()
+    for t in range(tasks):
+        want = tf.nn.conv2d(x[t], kernel[t], strides=stride, padding="SAME").numpy()
+        assert got[t].shape == want.shape
+        np.testing.assert_allclose(got[t], want, rtol=1e-5, atol=1e-5)
+
+
+def test_same_padding_puts_extra_pad_at_the_end():
+    assert same_padding(28, 2) == (0, 1, 14)  # TF: total pad 1 -> all of it after
+    assert same_padding(7, 2) == (1, 1, 4)
+    assert same_padding(84, 1) == (1, 1, 84)
+
+
+@pytest.mark.parametrize("size,expected", [(84, 42), (21, 11), (6, 3)])
+def test_max_pool_shapes_and_values(size, expected):
+    x = tf.random.stateless_normal([2, 3, size, size, 4], seed=[1, 2])
+    pooled = max_pool2x2(x)
+    assert pooled.shape == (2, 3, expected, expected, 4)
+    want = tf.nn.max_pool2d(tf.reshape(x, [6, size, size, 4]), 2, 2, "SAME")
+    np.testing.assert_array_equal(pooled.numpy().reshape(want.shape), want.numpy())
+
+
+def test_batch_norm_uses_each_tasks_batch_statistics():
+    x = tf.random.stateless_normal([2, 5, 4, 4, 3], seed=[3, 4]) * tf.constant([1.0, 10.0])[:, None, None, None, None]
+    out = batch_norm(x, tf.ones([2, 3]), tf.zeros([2, 3])).numpy()
+    np.testing.assert_allclose(out.mean(axis=(1, 2, 3)), 0.0, atol=1e-5)
+    # variance 1 up to epsilon: task 0 has variance ~1, so epsilon 1e-3 shows; task 1 ~100.
+    np.testing.assert_allclose(out[1].var(axis=(0, 1, 2)), 1.0, rtol=1e-3)
+    shifted = batch_norm(x, 2 * tf.ones([2, 3]), tf.ones([2, 3])).numpy()
+    np.testing.assert_allclose(shifted, 2 * out + 1, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch,ways,count", [("omniglot", 5, 112_965), ("omniglot", 20, 116_820),
+                                             ("mini_imagenet", 5, 34_533), ("sine", 1, 1_761)])
+def test_param_counts(arch, ways, count):
+    # omniglot: conv 3x3 1->64 and 3 x 64->64 (no bias: batch norm cancels it), 4 x BN(64)
+    # scale/offset, dense 2*2*64 -> ways with bias. The official code's 4 inert conv biases add 256.
+    assert count_params(get_model(arch, ways).init(0)) == count
+
+
+@pytest.mark.parametrize("arch,ways", [("omniglot", 5), ("mini_imagenet", 5), ("sine", 1)])
+def test_output_shapes_for_many_tasks(arch, ways):
+    model = get_model(arch, ways)
+    params = broadcast_params(model.init(1), 3)
+    x = tf.random.stateless_uniform([3, 4, *model.input_shape], seed=[0, 1])
+    outputs = model.apply(params, x)
+    assert outputs.shape == (3, 4, ways)
+    assert outputs.dtype == tf.float32
+
+
+def test_tasks_are_independent():
+    """Applying T tasks at once equals applying each task alone (per-task params and batch norm)."""
+    model = get_model("omniglot", 5)
+    params = {k: tf.stack([v, v * 1.5]) for k, v in model.init(2).items()}
+    x = tf.random.stateless_uniform([2, 6, 28, 28, 1], seed=[5, 6])
+    together = model.apply(params, x).numpy()
+    for t in range(2):
+        alone = model.apply({k: v[t : t + 1] for k, v in params.items()}, x[t : t + 1]).numpy()
+        np.testing.assert_allclose(together[t], alone[0], rtol=1e-4, atol=1e-5)
+
+
+def test_init_like_keras_and_deterministic():
+    model = get_model("omniglot", 5)
+    first, again, other = model.init(7), model.init(7), model.init(8)
+    for name in first:
+        np.testing.assert_array_equal(first[name].numpy(), again[name].numpy())
+    assert not np.allclose(first["conv1/kernel"], other["conv1/kernel"])
+    limit = np.sqrt(6.0 / (9 * 64 + 9 * 64))  # glorot uniform bound of a 3x3 64->64 kernel
+    kernel = first["conv1/kernel"].numpy()
+    assert np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.9 * limit
+    assert abs(kernel.std() - limit / np.sqrt(3)) < 0.05 * limit
+    np.testing.assert_array_equal(first["dense/bias"].numpy(), 0.0)
+    np.testing.assert_array_equal(first["bn3/scale"].numpy(), 1.0)
+    np.testing.assert_array_equal(first["bn3/offset"].numpy(), 0.0)
+    assert model.init(0, dtype=tf.float64)["dense/kernel"].dtype == tf.float64
+
+
+def test_float64_params_give_float64_outputs():
+    model = get_model("sine", 1)
+    params = broadcast_params(model.init(0, tf.float64), 2)
+    assert model.apply(params, tf.zeros([2, 3, 1])).dtype == tf.float64
+
+
+def test_mixed_precision_computes_in_policy_dtype_and_returns_float32():
+    model = get_model("omniglot", 5)
+    params = broadcast_params(model.init(0), 2)
+    x = tf.random.stateless_uniform([2, 4, 28, 28, 1], seed=[1, 1])
+    full = model.apply(params, x)
+    half = model.apply(params, x, compute_dtype=tf.bfloat16)
+    assert half.dtype == tf.float32
+    assert not np.array_equal(full.numpy(), half.numpy())  # really computed in bfloat16
+    np.testing.assert_allclose(half.numpy(), full.numpy(), atol=0.15)
+    previous = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        np.testing.assert_array_equal(model.apply(params, x).numpy(), half.numpy())
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous)
+
+
+def test_losses_and_accuracy():
+    logits = tf.constant([[[2.0, 0.0], [0.0, 1.0]], [[0.0, 3.0], [1.0, 0.0]]])
+    labels = tf.constant([[0, 0], [1, 1]])
+    want = -np.log(tf.nn.softmax(logits).numpy()[[0, 0, 1, 1], [0, 1, 0, 1], [0, 0, 1, 1]]).reshape(2, 2).mean(1)
+    np.testing.assert_allclose(cross_entropy_loss(logits, labels).numpy(), want, rtol=1e-6)
+    model = get_model("omniglot", 2)
+    np.testing.assert_allclose(model.accuracy(logits, labels).numpy(), [0.5, 0.5])
+    np.testing.assert_allclose(mse_loss(tf.ones([2, 3, 1]), tf.zeros([2, 3, 1])).numpy(), [1.0, 1.0])
+
+
+def test_broadcast_and_mean_are_inverse():
+    params = get_model("sine", 1).init(3)
+    back = mean_over_tasks(broadcast_params(params, 4))
+    for name in params:
+        np.testing.assert_allclose(back[name].numpy(), params[name].numpy(), rtol=1e-6)
+
+
+def test_unknown_arch_is_a_user_error():
+    with pytest.raises(UserError, match="unknown architecture"):
+        get_model("resnet", 5)
+    with pytest.raises(UserError, match="num_outputs"):
+        get_model("omniglot", 0)
