@@ -105,7 +105,10 @@ def _sine(algorithm: str) -> dict:
                 eval_inner_batch=0, eval_tasks=600, eval_queries=10, source="MAML paper, section 5.1")
     if algorithm == "maml":
         return dict(base, outer_lr=0.001, outer_optimizer="adam")
-    return dict(base, outer_lr=0.1, outer_optimizer="sgd", inner_steps=5)
+    # Not in the papers for Reptile/FOMAML. SGD with outer step 0.1 left the error at ~4.3
+    # after 1,000 iterations (measured); the Reptile defaults (Adam, outer step 1.0) learn.
+    return dict(base, inner_optimizer="adam", outer_lr=1.0, outer_optimizer="sgd", inner_steps=5,
+                source="Reptile defaults on the MAML sine task (REFERENCE.md has no sine settings)")
 
 
 def paper_settings(algorithm: str, dataset: str, ways: int, shots: int) -> Settings:

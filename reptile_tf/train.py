@@ -1,0 +1,687 @@
+"""`reptile-tf train`: meta-train Reptile, FOMAML or MAML into one run directory.
+
+Run directory layout (docs/interfaces.md):
+  config.json    resolved Settings (flat) + seed + run options + data digest + environment
+  checkpoints/   tf.train.CheckpointManager: meta state variables, iteration counter, seed
+  metrics.jsonl  one JSON object per logged iteration (appended; trimmed on resume)
+  DONE           written last, when every iteration has run
+
+The whole meta-batch (in-graph task sampling + `meta.meta_step`) is one `tf.function`;
+the iteration counter is a variable read inside it, so the function is traced once.
+Task sampling uses a stateless seed derived from (seed, iteration), so a resumed run
+sees exactly the tasks an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import subprocess
+import sys
+import time
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+from reptile_tf import io
+from reptile_tf.errors import UserError
+from reptile_tf.settings import ALGORITHMS, DATASETS, Settings, paper_settings
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+DONE_FILE = "DONE"
+DEFAULT_DATA_DIR = Path("data/tfds")
+PROTOCOLS = ("reptile", "vinyals")
+
+# Settings fields chosen by positional-style flags, not generated as overrides.
+_IDENTITY_FIELDS = ("algorithm", "dataset", "ways", "shots")
+_NOT_A_FLAG = set(_IDENTITY_FIELDS) | {"source"}
+# Keys of config.json that describe where/how the run happened, not what was requested;
+# they may differ when a run is resumed (e.g. on another machine or after a commit).
+ENVIRONMENT_KEY = "environment"
+
+# Stream separation for stateless seeds: training tasks use (seed, TRAIN_STREAM) folded with
+# the iteration; validation tasks use a fixed key independent of the training seed, so every
+# algorithm and seed is validated on the same tasks and no training seed produces them.
+TRAIN_STREAM = 0
+VALIDATION_SEED = (20180308, 1)  # fixed; (x, 1) never equals a training key (seed, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How a run is executed and recorded (everything that is not a Settings field)."""
+
+    xla: bool = False
+    mixed_precision: bool = False
+    checkpoint_every: int = 1000
+    log_every: int = 100
+    val_every: int = 0  # 0 = no periodic validation
+    val_tasks: int = 100
+    protocol: str = "reptile"  # Omniglot split protocol (ignored for other datasets)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(Settings)
+
+
+def _flag_type(annotation: Any) -> Any:
+    """`float | None` -> float; plain types unchanged."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--algorithm", required=True, choices=ALGORITHMS)
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--ways", type=int, required=True, help="classes per task (N)")
+    parser.add_argument("--shots", type=int, required=True, help="support examples per class (K)")
+    parser.add_argument("--seed", type=int, required=True, help="fixes initialisation, task sampling and data order")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="run directory (default: runs/<dataset>/<algorithm>_<ways>way_<shots>shot_seed<seed>)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help=f"prepared TFDS data directory (default: {DEFAULT_DATA_DIR})")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="reptile",
+                        help="Omniglot split protocol (default: reptile)")
+    parser.add_argument("--xla", action="store_true", help="compile the meta-step with XLA (jit_compile=True)")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="compute in bfloat16 (float32 parameters and updates; recorded in config.json)")
+    parser.add_argument("--checkpoint-every", type=int, default=1000, metavar="N")
+    parser.add_argument("--log-every", type=int, default=100, metavar="N")
+    parser.add_argument("--val-every", type=int, default=None, metavar="N",
+                        help="validation accuracy every N iterations (default: iterations/10; 0 = off)")
+    parser.add_argument("--val-tasks", type=int, default=100, metavar="N",
+                        help="number of fixed validation tasks (default: 100)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    group = parser.add_argument_group(
+        "hyperparameter overrides", "default: the paper's value for this setting (reptile_tf.settings)")
+    for name, annotation in _field_types().items():
+        if name in _NOT_A_FLAG:
+            continue
+        flag = "--" + name.replace("_", "-")
+        kind = _flag_type(annotation)
+        if kind is bool:
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            group.add_argument(flag, dest=name, type=kind, default=None, metavar=name.upper())
+
+
+def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The Settings fields given explicitly on the command line."""
+    return {name: getattr(args, name) for name in _field_types()
+            if name not in _NOT_A_FLAG and getattr(args, name, None) is not None}
+
+
+def resolve_settings(algorithm: str, dataset: str, ways: int, shots: int,
+                     overrides: dict[str, Any] | None = None) -> Settings:
+    """Paper settings for the setting, then the explicit overrides on top.
+
+    A setting without a published configuration works when every hyperparameter without a
+    default is given explicitly.
+    """
+    overrides = dict(overrides or {})
+    try:
+        base = paper_settings(algorithm, dataset, ways, shots)
+    except UserError:
+        required = [f.name for f in dataclasses.fields(Settings)
+                    if f.name not in _NOT_A_FLAG and f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]
+        missing = [name for name in required if overrides.get(name) is None]
+        if missing or algorithm not in ALGORITHMS or dataset not in DATASETS:
+            raise
+        settings = Settings(algorithm=algorithm, dataset=dataset, ways=ways, shots=shots,
+                            **{k: v for k, v in overrides.items() if v is not None})
+    else:
+        settings = base.replace(**overrides)
+    validate_settings(settings)
+    return settings
+
+
+def validate_settings(settings: Settings) -> None:
+    """Checks that need no data (the data-dependent ones are in `check_task_shape`)."""
+    positive = ["ways", "shots", "inner_steps", "meta_batch", "iterations", "train_shots",
+                "queries", "eval_inner_steps", "eval_tasks", "eval_queries"]
+    bad = [f"{name}={getattr(settings, name)}" for name in positive if getattr(settings, name) < 1]
+    if bad:
+        raise UserError(f"these settings must be at least 1: {', '.join(bad)}; pass positive values")
+    if settings.inner_lr <= 0 or settings.outer_lr <= 0:
+        raise UserError(f"learning rates must be positive (inner_lr={settings.inner_lr}, "
+                        f"outer_lr={settings.outer_lr})")
+    for name in ("inner_optimizer", "outer_optimizer"):
+        if getattr(settings, name) not in ("adam", "sgd"):
+            raise UserError(f"{name}={getattr(settings, name)!r} is not supported; use 'adam' or 'sgd'")
+    if settings.inner_batch < 0 or settings.eval_inner_batch < 0:
+        raise UserError("inner_batch and eval_inner_batch must be >= 0 (0 = the whole support set)")
+
+
+def check_task_shape(settings: Settings, num_classes: int, images_per_class: int, split: str,
+                     shots: int, queries: int) -> None:
+    """UserError unless tasks of `ways` classes with shots+queries images each fit the split."""
+    if settings.ways > num_classes:
+        raise UserError(f"{settings.ways}-way tasks need {settings.ways} classes but the {settings.dataset} "
+                        f"{split} split has {num_classes}; use --ways <= {num_classes}")
+    if shots + queries > images_per_class:
+        raise UserError(f"tasks need {shots} shots + {queries} queries = {shots + queries} images per class, "
+                        f"but the {settings.dataset} {split} split has {images_per_class}; "
+                        "lower --shots/--train-shots/--queries/--eval-queries")
+
+
+def default_run_dir(settings: Settings, seed: int) -> Path:
+    return Path("runs") / settings.dataset / (
+        f"{settings.algorithm}_{settings.ways}way_{settings.shots}shot_seed{seed}")
+
+
+# ---------------------------------------------------------------- config / run dir
+
+
+def git_commit() -> str | None:
+    """The commit of the source tree this package runs from (None outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    commit = out.stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
+    return commit + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+
+
+def environment_info() -> dict[str, Any]:
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    return {
+        "git_commit": git_commit(),
+        "tensorflow": tf.__version__,
+        "python": sys.version.split()[0],
+        "device": gpus[0].name if gpus else "CPU",
+    }
+
+
+def build_config(settings: Settings, seed: int, options: RunOptions, data_info: dict[str, Any],
+                 environment: dict[str, Any]) -> dict[str, Any]:
+    """config.json: every Settings field at the top level, then run options, data and environment."""
+    config = settings.to_dict()
+    config.update(
+        seed=seed,
+        xla=options.xla,
+        mixed_precision=options.mixed_precision,
+        checkpoint_every=options.checkpoint_every,
+        log_every=options.log_every,
+        val_every=options.val_every,
+        val_tasks=options.val_tasks,
+        protocol=options.protocol if settings.dataset == "omniglot" else None,
+        data=data_info,
+    )
+    config[ENVIRONMENT_KEY] = environment
+    return json.loads(json.dumps(config))  # normalise (tuples -> lists) so comparisons are exact
+
+
+def config_differences(existing: dict[str, Any], requested: dict[str, Any]) -> list[str]:
+    """Keys (dotted for nested dicts) whose values differ, ignoring the environment record."""
+    def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for key, value in d.items():
+            if not prefix and key == ENVIRONMENT_KEY:
+                continue
+            if isinstance(value, dict):
+                flat.update(flatten(value, f"{prefix}{key}."))
+            else:
+                flat[f"{prefix}{key}"] = value
+        return flat
+
+    old, new = flatten(existing), flatten(requested)
+    return sorted(k for k in old.keys() | new.keys() if old.get(k, "<absent>") != new.get(k, "<absent>"))
+
+
+def prepare_run_dir(run_dir: Path, config: dict[str, Any]) -> None:
+    """Create the run directory and config.json, or check that an existing one matches."""
+    config_path = run_dir / CONFIG_FILE
+    if config_path.exists():
+        try:
+            existing = io.read_json(config_path)
+        except (OSError, ValueError) as err:
+            raise UserError(f"{config_path} is unreadable ({err}); delete the run directory or use a new --out") from None
+        differing = config_differences(existing, config)
+        if differing:
+            shown = ", ".join(f"{k} ({_lookup(existing, k)!r} -> {_lookup(config, k)!r})" for k in differing[:8])
+            raise UserError(
+                f"run directory {run_dir} holds a different run; differing config keys: {shown}"
+                f"{' ...' if len(differing) > 8 else ''}. Use a new --out for a new run, or repeat "
+                "the original arguments to resume it.")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    io.write_json_atomic(config_path, config)
+
+
+def _lookup(config: dict[str, Any], dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return "<absent>"
+        value = value[part]
+    return value
+
+
+# --------------------------------------------------------------------- metrics file
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """All complete JSON lines (a torn last line from a killed process is ignored)."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def trim_metrics(path: Path, last_iteration: int) -> None:
+    """Drop lines after the checkpointed iteration so a resumed run never duplicates them."""
+    if not path.exists():
+        return
+    kept = [r for r in read_metrics(path) if r.get("iteration", 0) <= last_iteration]
+    io.write_text_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+
+
+def append_metrics(path: Path, record: dict[str, Any]) -> None:
+    # One write of one full line; a kill can only tear the last line, which readers skip.
+    with open(path, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+
+
+def outer_lr_at(settings: Settings, iteration: Any, iterations: int | None = None) -> Any:
+    """Outer step size: linear annealing to 0 for SGD outer loops (official Reptile code:
+    frac_done = i / iterations; cur = frac_done * 0 + (1 - frac_done) * initial); constant for Adam."""
+    import tensorflow as tf
+
+    if settings.outer_optimizer != "sgd":
+        return tf.constant(settings.outer_lr, tf.float32)
+    total = float(iterations or settings.iterations)
+    frac_done = tf.cast(iteration, tf.float32) / total
+    return (1.0 - frac_done) * settings.outer_lr
+
+
+def task_seed(seed: int, iteration: Any) -> Any:
+    """Stateless RNG seed (int32 [2]) of one training iteration: a function of (seed, iteration)."""
+    import tensorflow as tf
+
+    key = tf.constant([seed, TRAIN_STREAM], tf.int64)
+    folded = tf.random.experimental.stateless_fold_in(key, tf.cast(iteration, tf.int64))
+    return tf.cast(folded % (2**31 - 1), tf.int32)
+
+
+# ------------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass
+class TaskSource:
+    """Everything `train` needs from the data: a sampler usable inside tf.function."""
+
+    sample: Callable[[int, Any], dict]  # (num_tasks, seed int32[2]) -> Episodes, training tasks
+    validation: Callable[[int], dict]  # (num_tasks) -> fixed validation Episodes (eager)
+    info: dict[str, Any]  # goes into config.json["data"]
+
+
+def array_digest(array: Any) -> str:
+    """sha256 of an array's shape, dtype and bytes: identifies a split's content."""
+    import numpy as np
+
+    array = np.ascontiguousarray(array)
+    h = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    h.update(memoryview(array).cast("B"))
+    return h.hexdigest()
+
+
+def load_images(dataset: str, split: str, data_dir: Path, protocol: str | None) -> Any:
+    from reptile_tf.data import episodes
+
+    try:
+        return episodes.load_split(dataset, split, data_dir, protocol=protocol)
+    except UserError:
+        raise
+    except (FileNotFoundError, OSError, ValueError) as err:
+        raise UserError(f"cannot load the {dataset} {split} split from {data_dir} ({err}); run "
+                        f"`reptile-tf fetch {dataset}` and `reptile-tf prepare {dataset}` or pass --data-dir") from None
+
+
+def validation_source(settings: Settings, protocol: str) -> str:
+    """Which data the periodic validation tasks come from (recorded in config.json)."""
+    if settings.dataset == "sine":
+        return "sine tasks from a fixed validation seed"
+    if settings.dataset == "omniglot" and protocol == "reptile":
+        # The Reptile protocol has no val split; the test split stays untouched until evaluate.
+        return "train split tasks from a fixed validation seed (disjoint from training seeds)"
+    return "val split"
+
+
+def training_task_shape(settings: Settings) -> tuple[int, int]:
+    """(support shots, queries) per class of a training task, as `meta.meta_step` expects.
+
+    Reptile: `train_shots` support images (queries unused). MAML: `train_shots` (= shots)
+    support + `queries` query images. FOMAML with a tail (official `--foml-tail`): the
+    task's `train_shots` images per class are split into `train_shots - tail_shots` for the
+    inner minibatches and `tail_shots` for the final tail minibatch (query_x).
+    """
+    if settings.algorithm == "fomaml" and settings.tail_shots > 0:
+        support = settings.train_shots - settings.tail_shots
+        if support < 1:
+            raise UserError(f"FOMAML with tail_shots={settings.tail_shots} needs train_shots > tail_shots "
+                            f"(got train_shots={settings.train_shots}); raise --train-shots or lower --tail-shots")
+        return support, settings.tail_shots
+    return settings.train_shots, settings.queries
+
+
+def make_task_source(settings: Settings, data_dir: Path | None, protocol: str,
+                     train_images: Any = None) -> TaskSource:
+    """Load the training split (or use `train_images`) and build samplers for training and validation."""
+    import tensorflow as tf
+
+    val_seed = tf.constant(VALIDATION_SEED, tf.int32)
+    if settings.dataset == "sine":
+        from reptile_tf.sine import sample_sine_tasks
+
+        probe = sample_sine_tasks(2, 5, 5, tf.constant([0, 0], tf.int32))
+        digest = hashlib.sha256(b"".join(
+            tf.convert_to_tensor(probe[k]).numpy().tobytes() for k in sorted(probe))).hexdigest()
+        return TaskSource(
+            sample=lambda n, seed: sample_sine_tasks(n, *training_task_shape(settings), seed),
+            validation=lambda n: sample_sine_tasks(n, settings.shots, settings.eval_queries, val_seed),
+            info={"train_split": "synthetic", "digest": digest,
+                  "validation": validation_source(settings, protocol)},
+        )
+
+    from reptile_tf.data import episodes
+
+    split_protocol = protocol if settings.dataset == "omniglot" else None
+    data_dir = Path(data_dir or DEFAULT_DATA_DIR)
+    images = train_images if train_images is not None else load_images(settings.dataset, "train", data_dir, split_protocol)
+    images = tf.convert_to_tensor(images)
+    num_classes, per_class = int(images.shape[0]), int(images.shape[1])
+    train_support, train_queries = training_task_shape(settings)
+    check_task_shape(settings, num_classes, per_class, "train", train_support, train_queries)
+    info = {"train_split": "train", "train_shape": list(images.shape), "digest": array_digest(images.numpy()),
+            "validation": validation_source(settings, protocol)}
+    if settings.dataset == "omniglot" and protocol == "reptile":
+        val_images = images
+    else:
+        val_images = tf.convert_to_tensor(load_images(settings.dataset, "val", data_dir, split_protocol))
+        info["val_digest"] = array_digest(val_images.numpy())
+    check_task_shape(settings, int(val_images.shape[0]), int(val_images.shape[1]), "validation",
+                     settings.shots, settings.eval_queries)
+    return TaskSource(
+        sample=lambda n, seed: episodes.sample_tasks(images, n, settings.ways, train_support, train_queries, seed),
+        validation=lambda n: episodes.sample_tasks(val_images, n, settings.ways, settings.shots,
+                                                   settings.eval_queries, val_seed),
+        info=info,
+    )
+
+
+# ------------------------------------------------------------------ state / checkpoints
+
+
+def num_outputs(settings: Settings) -> int:
+    return 1 if settings.dataset == "sine" else settings.ways
+
+
+def build_model(settings: Settings):
+    from reptile_tf.models import get_model
+
+    return get_model(settings.dataset, num_outputs(settings))
+
+
+def initial_state(model: Any, settings: Settings, seed: int) -> dict:
+    from reptile_tf import meta
+
+    return meta.init_meta_state(model, model.init(seed), settings, seed=seed)
+
+
+@dataclasses.dataclass
+class TrainingVariables:
+    """The checkpointed training state: meta state variables, iteration counter and seed."""
+
+    state: Any  # nested dict of tf.Variable, same structure as meta.init_meta_state
+    iteration: Any  # int64 scalar tf.Variable: completed meta-iterations
+    seed: Any  # int64 scalar tf.Variable: the run's seed (task seeds derive from seed + iteration)
+
+    def checkpoint(self):
+        import tensorflow as tf
+
+        return tf.train.Checkpoint(state=self.state, iteration=self.iteration, seed=self.seed)
+
+    def read_state(self) -> Any:
+        import tensorflow as tf
+
+        return tf.nest.map_structure(lambda v: v.read_value(), self.state)
+
+
+def make_variables(state: Any, seed: int) -> TrainingVariables:
+    import tensorflow as tf
+
+    variables = tf.nest.map_structure(lambda t: tf.Variable(t, trainable=False), state)
+    return TrainingVariables(state=variables, iteration=tf.Variable(0, dtype=tf.int64, trainable=False),
+                             seed=tf.Variable(seed, dtype=tf.int64, trainable=False))
+
+
+def checkpoint_manager(variables: TrainingVariables, run_dir: Path):
+    import tensorflow as tf
+
+    return tf.train.CheckpointManager(variables.checkpoint(), str(run_dir / CHECKPOINT_DIR), max_to_keep=3)
+
+
+def restore_checkpoint(variables: TrainingVariables, path: str, run_dir: Path) -> None:
+    """Restore every variable from `path`; UserError on a corrupt or mismatched checkpoint."""
+    try:
+        status = variables.checkpoint().restore(path)
+        status.assert_existing_objects_matched()
+        # Every state variable must come from the checkpoint (no silently fresh values).
+        status.assert_consumed()
+    except Exception as err:  # noqa: BLE001 - a damaged file surfaces as IndexError, DataLossError, ...
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"checkpoint {path} in {run_dir} does not match this run's configuration or is corrupt "
+            f"({first_line[:300]}); delete {run_dir / CHECKPOINT_DIR} to start over, or use a new --out") from None
+
+
+def latest_checkpoint(run_dir: Path) -> str | None:
+    import tensorflow as tf
+
+    return tf.train.latest_checkpoint(str(run_dir / CHECKPOINT_DIR))
+
+
+def load_run_state(run_dir: Path, config: dict[str, Any]) -> tuple[dict, int]:
+    """Restore the final checkpoint of a run: (meta state dict of tensors, iteration)."""
+    settings = settings_from_config(config)
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        raise UserError(f"no checkpoint in {run_dir / CHECKPOINT_DIR}; train the run first "
+                        "(`reptile-tf train ... --out RUN_DIR`)")
+    seed = int(config.get("seed", 0))
+    model = build_model(settings)
+    variables = make_variables(initial_state(model, settings, seed), seed)
+    restore_checkpoint(variables, path, run_dir)
+    return variables.read_state(), int(variables.iteration.numpy())
+
+
+def settings_from_config(config: dict[str, Any]) -> Settings:
+    names = {f.name for f in dataclasses.fields(Settings)}
+    missing = [n for n in ("algorithm", "dataset", "ways", "shots") if n not in config]
+    if missing:
+        raise UserError(f"config.json lacks {missing}; it was not written by reptile-tf train")
+    try:
+        return Settings(**{k: v for k, v in config.items() if k in names})
+    except TypeError as err:
+        raise UserError(f"config.json does not describe a complete run ({err}); re-run reptile-tf train") from None
+
+
+@contextlib.contextmanager
+def precision_policy(mixed: bool):
+    """With `mixed`, compute in bfloat16 (float32 params, losses and updates) inside the block.
+
+    The models take their compute dtype from the global Keras policy; bfloat16 keeps float32's
+    exponent range, so no loss scaling is needed (unlike float16).
+    """
+    if not mixed:
+        yield
+        return
+    import tensorflow as tf
+
+    previous = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous)
+
+
+# ----------------------------------------------------------------------- the step
+
+
+def build_step(model: Any, settings: Settings, variables: TrainingVariables, sample: Callable,
+               seed: int, xla: bool = False) -> Callable[[], dict]:
+    """One compiled meta-iteration: sample a meta-batch in-graph, meta_step, assign, count.
+
+    No arguments: the iteration comes from `variables.iteration`, so there is one trace.
+    """
+    import tensorflow as tf
+    from reptile_tf import meta
+
+    @tf.function(jit_compile=xla)
+    def step():
+        iteration = variables.iteration.read_value()
+        batch = sample(settings.meta_batch, task_seed(seed, iteration))
+        state = tf.nest.map_structure(lambda v: v.read_value(), variables.state)
+        new_state, metrics = meta.meta_step(model, settings, state, batch, outer_lr_at(settings, iteration))
+        tf.nest.map_structure(lambda v, t: v.assign(t), variables.state, new_state)
+        variables.iteration.assign_add(1)
+        return metrics
+
+    return step
+
+
+def make_validator(model: Any, settings: Settings, val_episodes: dict) -> Callable[[dict], dict[str, float]]:
+    """state -> {"val_accuracy": mean accuracy (fraction)} (or {"val_mse": ...} for sine) on the
+    fixed validation tasks: transductive, evaluation inner loop, one compiled scorer reused."""
+    from reptile_tf import evaluate
+
+    scorer = evaluate.make_chunk_scorer(model, settings, "transductive")
+    key = "val_mse" if settings.dataset == "sine" else "val_accuracy"
+
+    def validate(state: dict) -> dict[str, float]:
+        per_task = evaluate.score_episodes(model, settings, state, val_episodes, "transductive",
+                                           chunk_size=evaluate.default_chunk_size(settings), scorer=scorer)
+        return {key: float(per_task.mean())}
+
+    return validate
+
+
+# ------------------------------------------------------------------------ training
+
+
+def train(settings: Settings, seed: int, run_dir: Path, options: RunOptions = RunOptions(),
+          data_dir: Path | None = None, progress: bool = True, train_images: Any = None) -> Path:
+    """Meta-train into `run_dir` (resuming from its last checkpoint); returns run_dir.
+
+    `train_images` lets callers (tests) pass an already loaded training split.
+    """
+    import tensorflow as tf
+
+    validate_settings(settings)
+    for name in ("checkpoint_every", "log_every"):
+        if getattr(options, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if options.val_every < 0 or options.val_tasks < 1:
+        raise UserError("--val-every must be >= 0 and --val-tasks >= 1")
+    tf.config.experimental.enable_op_determinism()
+    run_dir = Path(run_dir)
+
+    source = make_task_source(settings, data_dir, options.protocol, train_images)
+    environment = dict(environment_info(),
+                       data_dir=None if settings.dataset == "sine" else str(Path(data_dir or DEFAULT_DATA_DIR).resolve()))
+    config = build_config(settings, seed, options, source.info, environment)
+    prepare_run_dir(run_dir, config)
+    if (run_dir / DONE_FILE).exists():
+        print(f"reptile-tf train: {run_dir} is already complete (DONE exists)", file=sys.stderr)
+        return run_dir
+
+    model = build_model(settings)
+    variables = make_variables(initial_state(model, settings, seed), seed)
+    manager = checkpoint_manager(variables, run_dir)
+    if manager.latest_checkpoint:
+        restore_checkpoint(variables, manager.latest_checkpoint, run_dir)
+        if int(variables.seed.numpy()) != seed:
+            raise UserError(f"checkpoint seed {int(variables.seed.numpy())} differs from --seed {seed}; "
+                            "use a new --out")
+    start = int(variables.iteration.numpy())
+    trim_metrics(run_dir / METRICS_FILE, start)
+
+    with precision_policy(options.mixed_precision):
+        _train_loop(settings, model, variables, manager, source, options, seed, start, run_dir, progress)
+    io.write_text_atomic(run_dir / DONE_FILE, f"{settings.iterations}\n")
+    return run_dir
+
+
+def _train_loop(settings: Settings, model: Any, variables: TrainingVariables, manager: Any, source: TaskSource,
+                options: RunOptions, seed: int, start: int, run_dir: Path, progress: bool) -> None:
+    """Iterations start+1 .. settings.iterations: step, log, validate, checkpoint."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    metrics_path = run_dir / METRICS_FILE
+    step = build_step(model, settings, variables, source.sample, seed, options.xla)
+    validate = make_validator(model, settings, source.validation(options.val_tasks)) if options.val_every else None
+    total = settings.iterations
+    bar = tqdm(total=total, initial=start, disable=not progress, desc=f"{settings.algorithm} {settings.dataset}",
+               unit="it", dynamic_ncols=True, file=sys.stderr)
+    try:
+        for iteration in range(start + 1, total + 1):
+            metrics = step()
+            record: dict[str, Any] = {}
+            if iteration % options.log_every == 0 or iteration == total:
+                # The logged iteration's own meta-batch metrics (not a window mean), so a
+                # resumed run writes exactly the lines an uninterrupted run would.
+                record = {k: float(np.mean(v)) for k, v in metrics.items()}
+            if validate is not None and (iteration % options.val_every == 0 or iteration == total):
+                record.update(validate(variables.read_state()))
+            if record:
+                record.update(iteration=iteration, wall_time=time.time())
+                append_metrics(metrics_path, record)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "accuracy",
+                                                                                     "val_accuracy", "val_mse")})
+            if iteration % options.checkpoint_every == 0 or iteration == total:
+                manager.save(checkpoint_number=iteration)
+            bar.update(1)
+    finally:
+        bar.close()
+    if int(variables.iteration.numpy()) != total:
+        raise RuntimeError("iteration counter out of step with the loop")  # a bug, not user input
+
+
+def options_from_args(args: argparse.Namespace, settings: Settings) -> RunOptions:
+    val_every = args.val_every if args.val_every is not None else max(1, settings.iterations // 10)
+    return RunOptions(xla=args.xla, mixed_precision=args.mixed_precision, checkpoint_every=args.checkpoint_every,
+                      log_every=args.log_every, val_every=val_every, val_tasks=args.val_tasks,
+                      protocol=args.protocol)
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = resolve_settings(args.algorithm, args.dataset, args.ways, args.shots, settings_overrides(args))
+    options = options_from_args(args, settings)
+    run_dir = args.out if args.out is not None else default_run_dir(settings, args.seed)
+    train(settings, args.seed, run_dir, options, data_dir=args.data_dir,
+          progress=not args.no_progress and sys.stderr.isatty())
+    print(run_dir)
+    return 0

@@ -1,0 +1,145 @@
+"""`reptile-tf evaluate`: eval.json and per-task CSVs, the two prediction modes, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reptile_tf import cli, evaluate, train
+from reptile_tf.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def omniglot_run(tmp_path_factory, omniglot_data_dir, omniglot_train_images) -> Path:
+    """A finished (tiny) Reptile Omniglot 5-way 1-shot run; 5 evaluation inner steps keep it fast."""
+    settings = train.resolve_settings("reptile", "omniglot", 5, 1, {"iterations": 10, "eval_inner_steps": 5})
+    run_dir = tmp_path_factory.mktemp("evaluate") / "run"
+    return train.train(settings, 0, run_dir, train.RunOptions(log_every=5, checkpoint_every=10, val_every=0),
+                       data_dir=omniglot_data_dir, progress=False, train_images=omniglot_train_images)
+
+
+def copy_run(run: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "copy"
+    shutil.copytree(run, target)
+    for name in ("eval.json", "eval_transductive.csv", "eval_non_transductive.csv"):
+        (target / name).unlink(missing_ok=True)
+    return target
+
+
+def read_csv(path: Path) -> list[float]:
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return [float(r["accuracy"]) for r in rows]
+
+
+def test_mean_and_ci95():
+    mean, ci95 = evaluate.mean_and_ci95([0.0, 1.0, 1.0, 0.0])
+    assert mean == 0.5 and ci95 == pytest.approx(1.96 * 0.5 / 2)
+    with pytest.raises(ValueError):
+        evaluate.mean_and_ci95([])
+
+
+def test_eval_json_for_both_modes(omniglot_run, tmp_path):
+    run = copy_run(omniglot_run, tmp_path)
+    result = evaluate.evaluate_run(run, evaluate.MODES, tasks=12, chunk_size=5, progress=False)
+    on_disk = json.loads((run / "eval.json").read_text())
+    assert on_disk == result and set(on_disk) == {"transductive", "non_transductive"}
+    for mode, entry in on_disk.items():
+        assert entry["metric"] == "accuracy" and entry["tasks"] == 12 and entry["inner_steps"] == 5
+        assert entry["per_task_csv"] == f"eval_{mode}.csv" and entry["split"] == "test"
+        assert entry["eval_seed"] == evaluate.EVAL_SEED and entry["checkpoint_iteration"] == 10
+        per_task = read_csv(run / entry["per_task_csv"])
+        assert len(per_task) == 12
+        # 5-way, 1 query per class: each task's accuracy is a multiple of 20%.
+        assert all(round(v / 20) * 20 == pytest.approx(v) and 0 <= v <= 100 for v in per_task)
+        assert entry["accuracy"] == pytest.approx(np.mean(per_task))
+        assert entry["ci95"] == pytest.approx(1.96 * np.std(per_task) / np.sqrt(12))
+
+    # Padding the last chunk (12 = 5 + 5 + 2) does not change the first tasks' results.
+    twelve = read_csv(run / "eval_transductive.csv")
+    five = evaluate.evaluate_run(run, ("transductive",), tasks=5, chunk_size=5, progress=False)
+    assert read_csv(run / "eval_transductive.csv") == twelve[:5]
+    assert five["transductive"]["tasks"] == 5
+    # Evaluating one mode keeps the other mode's earlier entry.
+    assert json.loads((run / "eval.json").read_text())["non_transductive"] == on_disk["non_transductive"]
+
+
+def test_evaluation_is_deterministic_and_on_the_same_tasks(omniglot_run, tmp_path):
+    run = copy_run(omniglot_run, tmp_path)
+    first = evaluate.evaluate_run(run, ("transductive",), tasks=6, progress=False)
+    per_task = read_csv(run / "eval_transductive.csv")
+    second = evaluate.evaluate_run(run, ("transductive",), tasks=6, progress=False)
+    assert first == second and read_csv(run / "eval_transductive.csv") == per_task
+
+
+def test_non_transductive_prediction_ignores_the_other_queries(omniglot_run, omniglot_data_dir):
+    import tensorflow as tf
+
+    config = json.loads((omniglot_run / "config.json").read_text())
+    settings = train.settings_from_config(config).replace(eval_queries=3)
+    state, _ = train.load_run_state(omniglot_run, config)
+    get_chunk, _ = evaluate.episode_source(settings, "test", 2, omniglot_data_dir, "reptile")
+    chunk = get_chunk(0, 2)
+    model = train.build_model(settings)
+    from reptile_tf import meta
+
+    params, opt_state = meta.params_from_state(state), meta.inner_adam_from_state(state)
+    # Same first query, all other queries replaced by (very different) noise images.
+    noise = tf.random.stateless_uniform(chunk["query_x"].shape, seed=[1, 2])
+    changed = tf.concat([chunk["query_x"][:, :1], noise[:, 1:]], axis=1)
+
+    def outputs(query_x, mode):
+        return evaluate.adapted_query_outputs(model, settings, params, opt_state, evaluate.chunk_seed(0),
+                                              chunk["support_x"], chunk["support_y"], query_x, mode).numpy()
+
+    original_nt, changed_nt = outputs(chunk["query_x"], "non_transductive"), outputs(changed, "non_transductive")
+    np.testing.assert_allclose(original_nt[:, 0], changed_nt[:, 0], rtol=1e-5, atol=1e-5)
+    original_t, changed_t = outputs(chunk["query_x"], "transductive"), outputs(changed, "transductive")
+    # Transductive batch norm uses the query batch's statistics: query 0's logits move.
+    assert np.abs(original_t[:, 0] - changed_t[:, 0]).max() > 1e-2
+    assert not np.allclose(original_t, original_nt, atol=1e-3)  # the two modes really differ
+
+
+def test_cli_evaluate(omniglot_run, tmp_path, capsys):
+    run = copy_run(omniglot_run, tmp_path)
+    assert cli.main(["evaluate", str(run), "--tasks", "4", "--mode", "non_transductive", "--no-progress"]) == 0
+    assert "non_transductive: accuracy" in capsys.readouterr().out
+    assert set(json.loads((run / "eval.json").read_text())) == {"non_transductive"}
+    assert cli.main(["evaluate", str(tmp_path / "missing")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def _expect_user_error(run: Path, match: str, **kwargs) -> None:
+    with pytest.raises(UserError, match=match):
+        evaluate.evaluate_run(run, progress=False, **kwargs)
+    assert not (run / "eval.json").exists()
+    assert not list(run.glob("eval_*.csv"))
+
+
+def test_bad_inputs_write_nothing(omniglot_run, tmp_path):
+    run = copy_run(omniglot_run, tmp_path)
+    _expect_user_error(run, "--tasks must be at least 1", tasks=0)
+    _expect_user_error(run, "unknown evaluation mode", modes=("sometimes",))
+    _expect_user_error(run, "no val split|unknown split", split="val", tasks=2)
+
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps(dict(config, shots=20)))  # 20 shots + 1 query > 20 images
+    _expect_user_error(run, "images per class", tasks=2)
+    (run / "config.json").write_text(json.dumps(dict(config, ways=20)))  # dense layer 5 -> 20 outputs
+    _expect_user_error(run, "does not match", tasks=2)
+    (run / "config.json").write_text(json.dumps(config))
+
+    data = next((run / "checkpoints").glob("ckpt-10.data-*"))
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])  # truncated checkpoint
+    _expect_user_error(run, "corrupt", tasks=2)
+    shutil.rmtree(run / "checkpoints")
+    _expect_user_error(run, "no checkpoint", tasks=2)
+    (run / "DONE").unlink()
+    _expect_user_error(run, "has not finished", tasks=2)
+    (run / "config.json").unlink()
+    _expect_user_error(run, "not a run directory", tasks=2)
