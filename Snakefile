@@ -1,0 +1,47 @@
+# reptile-tf reproduction pipeline: fetch -> prepare -> train -> evaluate -> track -> tables,
+# plus the theory checks and throughput benchmarks. Each rule calls one `reptile-tf` command.
+#
+#   snakemake --cores 2 --configfile workflow/config/quick.yaml   # `make reproduce` (~1 h, 2-core CPU)
+#   snakemake --cores 2 --configfile workflow/config/smoke.yaml   # CI (a few minutes)
+#   snakemake --cores all                                          # `paper` preset (GPUs / cluster)
+#
+# The config is validated against workflow/schemas/config.schema.yaml before any job runs.
+import jsonschema
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+
+
+configfile: "workflow/config/config.yaml"
+
+
+try:
+    validate(config, "workflow/schemas/config.schema.yaml")
+except WorkflowError as err:
+    # Say which key is wrong in one line, instead of jsonschema's schema dump.
+    cause = err.__context__  # snakemake raises while handling jsonschema's ValidationError
+    if not isinstance(cause, jsonschema.ValidationError):
+        raise
+    key = ".".join(str(part) for part in cause.absolute_path) or "(top level)"
+    raise WorkflowError(
+        f"invalid workflow config at key '{key}': {cause.message}. "
+        "Fix the config file (see workflow/schemas/config.schema.yaml for the allowed keys and values)."
+    ) from None
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/track.smk"
+include: "workflow/rules/tables.smk"
+include: "workflow/rules/theory.smk"
+include: "workflow/rules/bench.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,205 @@
+"""The Snakemake workflow: config validation, planning every preset, and a finished run is a no-op.
+
+The end-to-end test replaces `reptile-tf` on PATH by a stub that writes each rule's declared
+outputs (and records its command line), so the real DAG, wildcards, flags and the
+"nothing to be done" re-run are checked in seconds without training.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+PRESETS = ("config.yaml", "paper.yaml", "quick.yaml", "smoke.yaml")
+
+
+def copy_workflow(dest: Path) -> Path:
+    """Snakefile + workflow/ in a fresh directory (runs, results and logs stay out of the tree)."""
+    shutil.copy(ROOT / "Snakefile", dest / "Snakefile")
+    shutil.copytree(ROOT / "workflow", dest / "workflow")
+    return dest
+
+
+def snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SNAKEMAKE), "--cores", "2", *args], cwd=workdir, capture_output=True, text=True,
+                          env=env or dict(os.environ), timeout=300)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return copy_workflow(tmp_path_factory.mktemp("wf"))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_plans(workdir, preset):
+    # config.yaml is the default config: plan it exactly as `snakemake --cores all` would
+    chosen = [] if preset == "config.yaml" else ["--configfile", f"workflow/config/{preset}"]
+    result = snakemake(workdir, "-n", *chosen)
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    out = result.stdout + result.stderr
+    config = {**yaml.safe_load((ROOT / "workflow/config/config.yaml").read_text()),
+              **yaml.safe_load((ROOT / "workflow/config" / preset).read_text())}
+    settings = config["grid"]["settings"]
+    seeds = len(config["grid"]["seeds"])
+    jobs = len(settings) * len(config["grid"]["algorithms"]) * seeds
+    assert _job_count(out, "train") == jobs and _job_count(out, "evaluate") == jobs
+    assert _job_count(out, "tables") == 1 and _job_count(out, "track_init") == 1
+
+
+def _job_count(out: str, rule: str) -> int:
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == rule and parts[1].isdigit():
+            return int(parts[1])
+    return 0
+
+
+def test_quick_preset_has_the_full_grid():
+    quick = yaml.safe_load((ROOT / "workflow/config/quick.yaml").read_text())
+    settings = {(s["dataset"], s["ways"], s["shots"]) for s in quick["grid"]["settings"]}
+    assert settings == {("omniglot", 5, 1), ("omniglot", 5, 5), ("omniglot", 20, 1), ("omniglot", 20, 5),
+                        ("mini_imagenet", 5, 1), ("mini_imagenet", 5, 5)}
+    assert sorted(quick["grid"]["algorithms"]) == ["fomaml", "maml", "reptile"]
+    for preset in PRESETS:
+        header = (ROOT / "workflow/config" / preset).read_text().split("\n\n")[0]
+        assert "snakemake --cores" in header and "Expected" in header and "Runtime" in header
+        assert "CPU" in header or "GPU" in header
+
+
+def overrides_file(directory: Path, name: str, content: dict) -> str:
+    """A config file layered over a preset (snakemake merges --configfile files in order)."""
+    path = directory / name
+    path.write_text(yaml.safe_dump(content))
+    return str(path)
+
+
+@pytest.mark.parametrize("override, key", [
+    ({"budget": {"iteratons": 5}}, "budget"),  # typo: unknown key
+    ({"grid": {"settings": [{"dataset": "omniglot", "ways": 5, "shots": "one"}]}}, "grid.settings.0.shots"),
+])
+def test_invalid_config_fails_before_any_job_naming_the_key(workdir, tmp_path, override, key):
+    bad = overrides_file(tmp_path, "bad.yaml", override)
+    result = snakemake(workdir, "-n", "--configfile", "workflow/config/smoke.yaml", bad)
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert f"invalid workflow config at key '{key}'" in out, out[-3000:]
+    assert "Job stats" not in out  # nothing was planned
+
+
+def schema_error_path(config: dict) -> str | None:
+    """The dotted key the schema rejects (as the Snakefile reports it), or None if valid."""
+    import jsonschema
+    from snakemake.utils import validate
+
+    try:
+        validate(config, str(ROOT / "workflow/schemas/config.schema.yaml"))
+    except Exception as err:  # snakemake's WorkflowError, raised while handling the ValidationError
+        cause = err.__context__
+        assert isinstance(cause, jsonschema.ValidationError), err
+        return ".".join(str(p) for p in cause.absolute_path) or "(top level)"
+    return None
+
+
+def test_schema_rejects_bad_values_and_fills_defaults():
+    base = yaml.safe_load((ROOT / "workflow/config/config.yaml").read_text())
+    assert schema_error_path(base) is None
+    cases = {
+        "tracking.enabled": {"tracking": {"enabled": "yes"}},
+        "resources.train.gpu": {"resources": {"train": {"gpu": -1}}},
+        "grid.settings.0.dataset": {"grid": {"settings": [{"dataset": "cifar", "ways": 5, "shots": 1}]}},
+        "grid.algorithms.0": {"grid": {"settings": base["grid"]["settings"], "algorithms": ["protonet"]}},
+        "budget.per_algorithm.maml.iterations": {"budget": {"per_algorithm": {"maml": {"iterations": 0}}}},
+        "(top level)": {"unknown_key": 1},
+    }
+    for key, override in cases.items():
+        assert schema_error_path({**base, **override}) == key
+    minimal = {"grid": {"settings": [{"dataset": "omniglot", "ways": 5, "shots": 1}]}}
+    assert schema_error_path(minimal) is None
+    # defaults filled in, nested ones included
+    assert minimal["preset"] == "paper" and minimal["grid"]["seeds"] == [0, 1, 2]
+    assert minimal["tracking"] == {"enabled": True, "uri": None}
+    assert minimal["data"]["tfds_dir"] == "data/tfds"
+
+
+STUB = textwrap.dedent('''\
+    #!{python}
+    """Stand-in for reptile-tf: records the call and writes the outputs the rules declare."""
+    import json, pathlib, sys
+    args = sys.argv[1:]
+    with open("calls.log", "a") as log:
+        log.write(" ".join(args) + "\\n")
+    def opt(name):
+        return args[args.index(name) + 1] if name in args else None
+    command = args[0]
+    if command == "fetch":
+        dest = pathlib.Path(opt("--dest")); dest.mkdir(parents=True, exist_ok=True)
+        (dest / "VERIFIED.json").write_text("{{}}")
+    elif command == "prepare":
+        pathlib.Path(opt("--data-dir"), args[1], "1.0.0").mkdir(parents=True, exist_ok=True)
+    elif command == "train":
+        out = pathlib.Path(opt("--out")); out.mkdir(parents=True, exist_ok=True)
+        (out / "DONE").write_text("1")
+    elif command == "evaluate":
+        pathlib.Path(args[1], "eval.json").write_text("{{}}")
+    elif command == "track":
+        pathlib.Path(opt("--marker")).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(opt("--marker")).write_text("{{}}")
+    elif command == "tables":
+        out = pathlib.Path(opt("--out")); out.mkdir(parents=True, exist_ok=True)
+        for name in ("table2_omniglot.md", "table2_omniglot.csv", "learning_curves_omniglot_5w1s.png"):
+            (out / name).write_text("x")
+    elif command in ("theory", "bench"):
+        pathlib.Path(opt("--out")).mkdir(parents=True, exist_ok=True)
+    else:
+        sys.exit("unknown command " + command)
+''')
+
+
+def test_stub_pipeline_runs_then_rerun_has_nothing_to_do(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stub = bin_dir / "reptile-tf"
+    stub.write_text(STUB.format(python=sys.executable))
+    stub.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    extra = overrides_file(tmp_path, "extra.yaml", {
+        "theory": {"enabled": True, "budget": "smoke"}, "bench": {"enabled": True},
+        "data": {"mirrors": ["/mirror/a"]}, "budget": {"per_algorithm": {"maml": {"iterations": 7}}}})
+    config = ["--configfile", "workflow/config/smoke.yaml", extra]
+
+    first = snakemake(workdir, *config, env=env)
+    assert first.returncode == 0, first.stderr[-4000:]
+    calls = (workdir / "calls.log").read_text().splitlines()
+    commands = [c.split()[0] for c in calls]
+    assert sorted(commands) == sorted(["fetch", "prepare", "track", "train", "train", "train", "evaluate",
+                                       "evaluate", "evaluate", "track", "track", "track", "tables", "theory",
+                                       "bench"])
+    fetch = next(c for c in calls if c.startswith("fetch"))
+    assert "--dest data/raw/omniglot" in fetch and "--mirror /mirror/a" in fetch
+    maml = next(c for c in calls if c.startswith("train --algorithm maml"))
+    assert "--iterations 7" in maml and "--out runs/smoke/omniglot_5w1s/maml/seed0" in maml
+    reptile = next(c for c in calls if c.startswith("train --algorithm reptile"))
+    assert "--iterations 20" in reptile and "--seed 0" in reptile and "--data-dir data/tfds" in reptile
+    evaluate = next(c for c in calls if c.startswith("evaluate"))
+    assert "--tasks 20" in evaluate and "--mode both" in evaluate
+    assert "tables --runs runs/smoke --out results/smoke" in calls
+    assert any(c.startswith("track --init --experiment smoke --tracking-uri sqlite:///results/mlflow/mlflow.db")
+               for c in calls)
+    assert "theory --budget smoke --data-dir data/tfds --out results/theory" in calls
+    assert "bench --quick --out results/benchmarks" in calls
+    # every rule wrote its log path
+    assert (workdir / "logs/smoke/train/omniglot_5w1s_maml_seed0.log").exists()
+
+    again = snakemake(workdir, *config, "-n", env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Nothing to be done" in again.stdout + again.stderr

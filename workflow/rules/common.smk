@@ -1,0 +1,177 @@
+# Paths, the job grid and input functions shared by the rules. Everything is derived from the
+# validated config; nothing here runs a job.
+import os
+import shutil
+import sys
+
+
+
+envvars:
+    "PATH",
+
+
+# Rules call `reptile-tf`. When it is not on PATH (e.g. `.venv/bin/snakemake` run without an
+# activated venv), use the one installed beside the Python running this snakemake.
+if shutil.which("reptile-tf") is None:
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+
+PRESET = config["preset"]
+RUNS = f"{config['runs_dir']}/{PRESET}"
+RESULTS = f"{config['results_dir']}/{PRESET}"
+LOGS = f"{config['logs_dir']}/{PRESET}"
+RAW = config["data"]["raw_dir"]
+TFDS = config["data"]["tfds_dir"]
+MLFLOW_DIR = f"{config['results_dir']}/mlflow"
+# relative to the rule files in workflow/rules/
+CONDA_ENV = "../envs/reptile-tf.yaml"
+TRACKING_URI = config["tracking"]["uri"] or f"sqlite:///{MLFLOW_DIR}/mlflow.db"
+RUN_DIR = os.path.join(RUNS, "{dataset}_{ways}w{shots}s", "{algorithm}", "seed{seed}")
+RUN_NAME = "{dataset}_{ways}w{shots}s_{algorithm}_seed{seed}"
+# tables.py file stems per dataset (reptile_tf.tables.TABLES)
+TABLE_STEMS = {"mini_imagenet": "table1_mini_imagenet", "omniglot": "table2_omniglot"}
+ALGORITHMS = config["grid"]["algorithms"]
+SEEDS = config["grid"]["seeds"]
+SETTINGS = config["grid"]["settings"]
+DATASETS = sorted({s["dataset"] for s in SETTINGS})
+
+
+wildcard_constraints:
+    dataset="omniglot|mini_imagenet",
+    ways=r"\d+",
+    shots=r"\d+",
+    algorithm="reptile|fomaml|maml",
+    seed=r"\d+",
+
+
+def find_setting(wildcards):
+    """The grid entry of a job's (dataset, ways, shots)."""
+    for setting in SETTINGS:
+        if (setting["dataset"], str(setting["ways"]), str(setting["shots"])) == (
+            wildcards.dataset,
+            str(wildcards.ways),
+            str(wildcards.shots),
+        ):
+            return setting
+    raise ValueError(f"{wildcards.dataset} {wildcards.ways}-way {wildcards.shots}-shot is not in grid.settings")
+
+
+def budget_value(wildcards, key):
+    """Precedence: setting.per_algorithm, setting, budget.per_algorithm, budget; None = paper."""
+    setting = find_setting(wildcards)
+    budget = config["budget"]
+    for scope in (
+        (setting.get("per_algorithm") or {}).get(wildcards.algorithm) or {},
+        setting,
+        (budget.get("per_algorithm") or {}).get(wildcards.algorithm) or {},
+        budget,
+    ):
+        if scope.get(key) is not None:
+            return scope[key]
+    return None
+
+
+def merged_overrides(wildcards):
+    """Settings overrides: budget < budget.per_algorithm < setting < setting.per_algorithm."""
+    setting = find_setting(wildcards)
+    budget = config["budget"]
+    merged = {}
+    for scope in (
+        budget,
+        (budget.get("per_algorithm") or {}).get(wildcards.algorithm) or {},
+        setting,
+        (setting.get("per_algorithm") or {}).get(wildcards.algorithm) or {},
+    ):
+        merged.update(scope.get("overrides") or {})
+    return merged
+
+
+def flag(name, value):
+    """`--name-with-dashes value`; booleans as --name / --no-name."""
+    dashed = f"--{name.replace('_', '-')}"
+    if isinstance(value, bool):
+        return dashed if value else f"--no-{name.replace('_', '-')}"
+    return f"{dashed} {value}"
+
+
+def train_flags(wildcards):
+    """Budget, hyperparameter overrides and run options of one training job, as CLI flags."""
+    flags = []
+    iterations = budget_value(wildcards, "iterations")
+    if iterations is not None:
+        flags.append(flag("iterations", iterations))
+    flags += [flag(k, v) for k, v in sorted(merged_overrides(wildcards).items()) if k != "iterations"]
+    train = config["train"]
+    if train["xla"]:
+        flags.append("--xla")
+    for option in ("log_every", "checkpoint_every", "val_every", "val_tasks"):
+        if train.get(option) is not None:
+            flags.append(flag(option, train[option]))
+    if wildcards.dataset == "omniglot":
+        flags.append(flag("protocol", config["data"]["protocol"]))
+    return " ".join(flags)
+
+
+def eval_flags(wildcards):
+    tasks = budget_value(wildcards, "eval_tasks")
+    modes = config["grid"]["eval_modes"]
+    mode = "both" if len(modes) == 2 else modes[0]
+    return " ".join(([flag("tasks", tasks)] if tasks is not None else []) + [flag("mode", mode)])
+
+
+def fetch_flags(wildcards):
+    flags = [flag("mirror", m) for m in config["data"]["mirrors"]]
+    source = config["data"]["sources"].get(wildcards.dataset)
+    if source:
+        flags.append(flag("source", source))
+    return " ".join(flags)
+
+
+def parent_of_output(wildcards, output):
+    return os.path.dirname(output[0])
+
+
+def parent_of_input(wildcards, input):
+    return os.path.dirname(input[0])
+
+
+def resource(rule_name, key, default):
+    return (config["resources"].get(rule_name) or {}).get(key, default)
+
+
+def prepared(wildcards):
+    """The TFDS dataset a job reads (built by rule prepare)."""
+    return f"{TFDS}/{wildcards.dataset}"
+
+
+def grid_jobs():
+    """(dataset, ways, shots, algorithm, seed) for every training job in the grid."""
+    return [
+        dict(dataset=s["dataset"], ways=s["ways"], shots=s["shots"], algorithm=a, seed=seed)
+        for s in SETTINGS
+        for a in ALGORITHMS
+        for seed in SEEDS
+    ]
+
+
+def run_files(name):
+    """`name` (e.g. eval.json) in every run directory of the grid."""
+    return [os.path.join(RUN_DIR, name).format(**job) for job in grid_jobs()]
+
+
+def table_outputs():
+    tables = [f"{RESULTS}/{TABLE_STEMS[d]}.{ext}" for d in DATASETS for ext in ("md", "csv")]
+    curves = sorted(
+        {f"{RESULTS}/learning_curves_{s['dataset']}_{s['ways']}w{s['shots']}s.png" for s in SETTINGS}
+    )
+    return tables + curves
+
+
+def all_targets():
+    targets = table_outputs()
+    if config["tracking"]["enabled"]:
+        targets += run_files("mlflow.json")
+    if config["theory"]["enabled"]:
+        targets.append(f"{config['results_dir']}/theory")
+    if config["bench"]["enabled"]:
+        targets.append(f"{config['results_dir']}/benchmarks")
+    return targets

@@ -1,0 +1,39 @@
+# Raw files (verified against checksums / tree digests) and the TFDS datasets built from them.
+
+
+rule fetch:
+    output:
+        f"{RAW}/{{dataset}}/VERIFIED.json",
+    params:
+        dest=parent_of_output,
+        flags=fetch_flags,
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/fetch/{{dataset}}.log",
+    threads: resource("fetch", "threads", 1)
+    resources:
+        mem_mb=resource("fetch", "mem_mb", 2000),
+        runtime=resource("fetch", "runtime", 60),
+    shell:
+        "reptile-tf fetch {wildcards.dataset} --dest {params.dest} {params.flags} --no-progress > {log} 2>&1"
+
+
+rule prepare:
+    input:
+        f"{RAW}/{{dataset}}/VERIFIED.json",
+    output:
+        directory(f"{TFDS}/{{dataset}}"),
+    params:
+        raw=parent_of_input,
+        data_dir=parent_of_output,
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/prepare/{{dataset}}.log",
+    threads: resource("prepare", "threads", 1)
+    resources:
+        mem_mb=resource("prepare", "mem_mb", 8000),
+        runtime=resource("prepare", "runtime", 120),
+    shell:
+        "reptile-tf prepare {wildcards.dataset} --raw {params.raw} --data-dir {params.data_dir} > {log} 2>&1"

@@ -1,0 +1,24 @@
+# Final test accuracy with a 95% interval, in the batch-norm modes of grid.eval_modes.
+
+
+rule evaluate:
+    input:
+        done=f"{RUN_DIR}/DONE",
+        data=prepared,
+    output:
+        f"{RUN_DIR}/eval.json",
+    params:
+        run_dir=parent_of_output,
+        data_dir=TFDS,
+        flags=eval_flags,
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/evaluate/{RUN_NAME}.log",
+    threads: resource("evaluate", "threads", 2)
+    resources:
+        gpu=resource("evaluate", "gpu", 0),
+        mem_mb=resource("evaluate", "mem_mb", 8000),
+        runtime=resource("evaluate", "runtime", 60),
+    shell:
+        "TF_NUM_INTRAOP_THREADS={threads} TF_NUM_INTEROP_THREADS=1 reptile-tf evaluate {params.run_dir} --data-dir {params.data_dir} {params.flags} --no-progress > {log} 2>&1"

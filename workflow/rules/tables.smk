@@ -1,0 +1,21 @@
+# Paper-shaped tables (Markdown + CSV, ours vs published) and learning curves for the preset.
+
+
+rule tables:
+    input:
+        run_files("eval.json"),
+    output:
+        table_outputs(),
+    params:
+        runs=lambda wildcards: RUNS,
+        out=parent_of_output,
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/tables.log",
+    threads: 1
+    resources:
+        mem_mb=resource("tables", "mem_mb", 2000),
+        runtime=resource("tables", "runtime", 10),
+    shell:
+        "reptile-tf tables --runs {params.runs} --out {params.out} > {log} 2>&1"
