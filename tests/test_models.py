@@ -12,23 +12,46 @@ import tensorflow as tf
 
 from reptile_tf.errors import UserError
 from reptile_tf.models import (
-    batch_norm, batched_conv3x3, broadcast_params, count_params, cross_entropy_loss, get_model,
+    batch_norm, batched_conv3x3, broadcast_params, grouped_conv3x3, sliced_conv3x3, count_params, cross_entropy_loss, get_model,
     max_pool2x2, mean_over_tasks, mse_loss, same_padding,
 )
 
 
+@pytest.mark.parametrize("conv", [batched_conv3x3, grouped_conv3x3, sliced_conv3x3])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("size", [(7, 7), (8, 6), (28, 28)])
-def test_batched_conv_equals_tf_conv2d_same(stride, size):
+def test_batched_conv_equals_tf_conv2d_same(stride, size, conv):
     rng = np.random.default_rng(0)
     tasks, batch, cin, cout = 3, 2, 4, 5
     x = rng.normal(size=(tasks, batch, *size, cin)).astype(np.float32)
     kernel = rng.normal(size=(tasks, 3, 3, cin, cout)).astype(np.float32)
-    got = batched_conv3x3(tf.constant(x), tf.constant(kernel), stride).numpy()
+    got = conv(tf.constant(x), tf.constant(kernel), stride).numpy()
     for t in range(tasks):
         want = tf.nn.conv2d(x[t], kernel[t], strides=stride, padding="SAME").numpy()
         assert got[t].shape == want.shape
         np.testing.assert_allclose(got[t], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_grouped_and_sliced_conv_agree_to_second_order(stride):
+    """float32 uses the grouped conv, float64 (finite-difference checks) the sliced one: the
+    MAML-relevant second derivatives must agree, or the float64 checks would prove nothing."""
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.normal(size=(2, 3, 9, 9, 4)).astype(np.float32))
+    kernel = tf.constant(rng.normal(size=(2, 3, 3, 4, 5)).astype(np.float32))
+
+    def second_order(conv):
+        with tf.GradientTape() as outer:
+            outer.watch(kernel)
+            with tf.GradientTape() as inner:
+                inner.watch([x, kernel])
+                loss = tf.reduce_sum(tf.tanh(conv(x, kernel, stride)))
+            gx, gk = inner.gradient(loss, [x, kernel])
+            norm = tf.reduce_sum(gx ** 2) + tf.reduce_sum(gk ** 2)
+        return outer.gradient(norm, kernel).numpy()
+
+    grouped, sliced = second_order(grouped_conv3x3), second_order(sliced_conv3x3)
+    np.testing.assert_allclose(grouped, sliced, rtol=1e-3, atol=1e-3 * np.abs(sliced).max())
 
 
 def test_same_padding_puts_extra_pad_at_the_end():

@@ -281,18 +281,31 @@ def test_every_algorithm_learns_sine(tmp_path, algorithm):
     assert result["mse"] < 0.7 * untrained and result["mse"] < 3.3, (result, untrained)
 
 
-def test_reptile_learns_omniglot(tmp_path, omniglot_data_dir, omniglot_train_images):
-    """Real Omniglot 5-way 1-shot, paper hyperparameters with a 60-iteration budget."""
+# Measured (seed 0, the same 40 fixed test tasks, transductive; chance is 20%):
+#   reptile, 60 iterations: 57.0% +- 6.0 (non-transductive 51.0%)
+#   fomaml, 60 iterations: 47.5% +- 6.7 (44.0%)
+#   maml, 100 iterations at meta-batch 8 (paper: 32): 59.5% +- 7.1 (55.0%)
+# Thresholds sit below the measured lower 95% bound and far above chance.
+LEARNING_RUNS = {
+    "reptile": ({"iterations": 60}, 40.0),
+    "fomaml": ({"iterations": 60}, 35.0),
+    "maml": ({"iterations": 100, "meta_batch": 8}, 40.0),
+}
+
+
+@pytest.mark.parametrize("algorithm", sorted(LEARNING_RUNS))
+def test_every_algorithm_learns_omniglot(algorithm, tmp_path, omniglot_data_dir, omniglot_train_images):
+    """Real Omniglot 5-way 1-shot, paper hyperparameters with a short budget, held-out test tasks."""
     from reptile_tf import evaluate
 
-    settings = train.resolve_settings("reptile", "omniglot", 5, 1, {"iterations": 60})
-    options = train.RunOptions(log_every=10, checkpoint_every=60, val_every=60, val_tasks=10)
+    overrides, threshold = LEARNING_RUNS[algorithm]
+    settings = train.resolve_settings(algorithm, "omniglot", 5, 1, overrides)
+    iterations = overrides["iterations"]
+    options = train.RunOptions(log_every=10, checkpoint_every=iterations, val_every=iterations, val_tasks=10)
     run = train.train(settings, 0, tmp_path / "run", options, data_dir=omniglot_data_dir, progress=False,
                       train_images=omniglot_train_images)
     records = train.read_metrics(run / "metrics.jsonl")
-    assert [r["iteration"] for r in records if "val_accuracy" in r] == [60]
+    assert [r["iteration"] for r in records if "val_accuracy" in r] == [iterations]
     assert 0.0 <= records[-1]["val_accuracy"] <= 1.0
     result = evaluate.evaluate_run(run, ("transductive",), tasks=40, progress=False)["transductive"]
-    # Chance is 20%. Measured (seed 0, the same 40 fixed test tasks): 57.0% +- 6.0 transductive
-    # (51.0% non-transductive) after 60 iterations.
-    assert result["accuracy"] > 40.0, result
+    assert result["accuracy"] > threshold, result
