@@ -1,15 +1,19 @@
-"""Time the meta-step with the model's convolution and with a candidate replacement.
+"""Time the meta-step with the model's convolution and with alternatives patched in.
 
-The model's `models.batched_conv3x3` (9 shifted slices + one einsum: a kernel per task) is
-swapped, for this process only, for `grouped_conv3x3`: the T tasks folded into the channel
-axis of one grouped `tf.nn.conv2d` (input `[B, H, W, T*Cin]`, kernel `[3, 3, Cin, T*Cout]`,
-T groups), which runs on oneDNN's convolution kernels and stays differentiable to second
-order (MAML) and XLA-compilable. A second candidate, "folded", keeps that
-folded layout `[B, H, W, T*C]` through the whole conv stack (see `folded_conv_apply`).
+Variants (all in this process, one after another):
+- `grouped`: the model as it is. In float32 `models.batched_conv3x3` is `grouped_conv3x3`:
+  the T tasks folded into the channel axis of one grouped `tf.nn.conv2d` (input
+  `[B, H, W, T*Cin]`, kernel `[3, 3, Cin, T*Cout]`, T groups) on oneDNN's kernels.
+- `sliced`: `models.batched_conv3x3` swapped for `sliced_conv3x3` (9 shifted slices + one
+  einsum: the path the model keeps for float64), the model's convolution before the switch.
+- `folded`: the folded layout `[B, H, W, T*C]` kept through the whole conv stack, with
+  `fused_batch_norm` (see `folded_conv_apply`), saving the per-layer transposes.
 Prints wall and process-CPU seconds per meta-iteration for each variant
-(CPU seconds are the fairer comparison on a loaded machine).
+(CPU seconds are the fairer comparison on a loaded machine). With `--xla` on CPU the grouped
+and folded variants are very slow (XLA's CPU backend compiles grouped convolutions poorly).
 
-    .venv/bin/python benchmarks/compare_conv.py [--cases reptile:omniglot:5,...] [--xla] [--repeats 5]
+    .venv/bin/python benchmarks/compare_conv.py [--cases reptile:omniglot:5,...] [--variants grouped,sliced]
+        [--xla] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 from reptile_tf import bench, flops, models  # noqa: E402
-from reptile_tf.bench import grouped_conv3x3  # noqa: E402
 
 
 def folded_conv_apply(arch: str):
@@ -86,9 +89,10 @@ def patched_get_model(variant: str):
     return get_model
 
 
-def time_case(case: bench.Case, variant: str, xla: bool, warmup: int, repeats: int) -> float:
+def time_case(case: bench.Case, variant: str, xla: bool, warmup: int, repeats: int) -> tuple[float, float]:
+    """(median wall seconds, mean process-CPU seconds) per meta-iteration of `case` with `variant`."""
     # models' apply looks batched_conv3x3 up at trace time; bench imports get_model at call time.
-    models.batched_conv3x3 = grouped_conv3x3 if variant == "grouped" else ORIGINAL_CONV
+    models.batched_conv3x3 = models.sliced_conv3x3 if variant == "sliced" else ORIGINAL_CONV
     models.get_model = patched_get_model(variant) if variant == "folded" else ORIGINAL_GET_MODEL
     try:
         run = bench.make_meta_runner(bench.case_settings(case), xla)
@@ -103,7 +107,16 @@ def time_case(case: bench.Case, variant: str, xla: bool, warmup: int, repeats: i
 
 ORIGINAL_CONV = models.batched_conv3x3
 ORIGINAL_GET_MODEL = models.get_model
-VARIANTS = ("einsum", "grouped", "folded")
+VARIANTS = ("grouped", "sliced", "folded")
+
+
+def parse_variants(text: str) -> tuple[str, ...]:
+    """Comma-separated variant names, each one of VARIANTS."""
+    variants = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in variants if name not in VARIANTS]
+    if unknown or not variants:
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {unknown or text!r}; choose from {', '.join(VARIANTS)}")
+    return variants
 
 
 def main() -> None:
@@ -113,7 +126,7 @@ def main() -> None:
     parser.add_argument("--xla", action="store_true")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--variants", type=lambda text: tuple(text.split(",")), default=VARIANTS,
+    parser.add_argument("--variants", type=parse_variants, default=VARIANTS,
                         help=f"comma-separated subset of {', '.join(VARIANTS)}")
     args = parser.parse_args()
     print("case | xla | " + " | ".join(f"{v} wall s / CPU s" for v in args.variants) + " | best GFLOP/s (wall)")
@@ -122,6 +135,7 @@ def main() -> None:
         times = [time_case(case, variant, args.xla, args.warmup, args.repeats) for variant in args.variants]
         print(f"{case.label} | {args.xla} | " + " | ".join(f"{wall:.4f} / {cpu:.4f}" for wall, cpu in times)
               + f" | {work / min(wall for wall, _ in times) / 1e9:.1f}", flush=True)
+
 
 if __name__ == "__main__":
     main()

@@ -358,15 +358,35 @@ def make_loop_runner(settings: Settings, seed: int = 0) -> Callable[[], None]:
 # ----------------------------------------------------------------------------- per-op profile
 
 
+def conv_fwd_bwd(conv: Callable[[Any, Any], Any], x, kernel, input_gradient: bool) -> Callable[[], Any]:
+    """A compiled forward + backward of `conv(x, kernel)`, reduced to one scalar.
+
+    Gradients w.r.t. the kernel, and w.r.t. the input unless `input_gradient` is False (the
+    first layer, whose input is data), with an all-ones output gradient.
+    """
+    import tensorflow as tf
+
+    def run():
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            out = conv(x, kernel)
+        sources = [x, kernel] if input_gradient else [kernel]
+        grads = tape.gradient(out, sources, output_gradients=tf.ones_like(out))
+        return tf.add_n([tf.reduce_sum(g) for g in grads])
+
+    return tf.function(run, autograph=False)
+
+
 def profile_ops(settings: Settings, warmup: int, repeats: int, xla: bool = True) -> list[dict[str, Any]]:
     """Time the pieces of one inner step of the batched network at the case's shapes.
 
-    Forward + backward (weight and input gradients) of each conv layer as the model computes
-    it (`models.batched_conv3x3`: 9 shifted slices + einsum), as one `tf.nn.conv2d` per task,
-    as one grouped `tf.nn.conv2d` (tasks folded into channels), as `tf.nn.conv2d` with one
-    shared kernel (what oneDNN reaches on these shapes), of each batch norm, and of the whole
-    network (`model.apply` + loss, gradients w.r.t. params; XLA off and on). GFLOP/s from the
-    hand count.
+    Forward + backward (weight and input gradients) of each conv layer computed four ways: as
+    the model does in float32 (`models.grouped_conv3x3`: the tasks folded into the channels of
+    one grouped `tf.nn.conv2d`), as the alternative the model keeps for float64
+    (`models.sliced_conv3x3`: 9 shifted slices + one einsum), as one `tf.nn.conv2d` per task,
+    and as one `tf.nn.conv2d` with a single shared kernel (what oneDNN reaches on these shapes;
+    not a per-task computation); then each batch norm and the whole network (`model.apply` +
+    loss, gradients w.r.t. params; XLA off, and on if `xla`). GFLOP/s from the hand count.
     """
     import tensorflow as tf
 
@@ -385,50 +405,26 @@ def profile_ops(settings: Settings, warmup: int, repeats: int, xla: bool = True)
         rows.append({"dataset": settings.dataset, "ways": settings.ways, "tasks": tasks, "batch": batch,
                      "op": name, "ms": seconds * 1e3, "gflop": work / 1e9, "gflops_per_s": work / seconds / 1e9})
 
+    def per_task_conv2d(x, kernel):  # unrolled over the static number of tasks
+        return tf.stack([tf.nn.conv2d(x[t], kernel[t], stride, "SAME") for t in range(tasks)])
+
+    per_task_convs = {
+        "grouped_conv3x3 (model)": lambda x, kernel: models.grouped_conv3x3(x, kernel, stride),
+        "sliced_conv3x3 (shifted slices + einsum)": lambda x, kernel: models.sliced_conv3x3(x, kernel, stride),
+        "tf.nn.conv2d per task (unrolled)": per_task_conv2d,
+    }
     cin, size = channels, height
     for index, layer in enumerate(layers[:-1]):
         x = rng.uniform([tasks, batch, size, size, cin])
         kernel = rng.uniform([tasks, 3, 3, cin, layer.output_shape[-1]])
         work = tasks * batch * 2.0 * layer.macs * (3 if index > 0 else 2)  # no input grad for layer 1
-
-        def batched(x=x, kernel=kernel, first=index == 0):
-            with tf.GradientTape() as tape:
-                tape.watch([x, kernel])
-                out = models.batched_conv3x3(x, kernel, stride)
-            grads = tape.gradient(out, [kernel] if first else [x, kernel], output_gradients=tf.ones_like(out))
-            return tf.add_n([tf.reduce_sum(g) for g in grads])
-
-        flat_x, flat_kernel = tf.reshape(x, [tasks * batch, size, size, cin]), kernel[0]
-
-        def conv2d(flat_x=flat_x, flat_kernel=flat_kernel, first=index == 0):
-            with tf.GradientTape() as tape:
-                tape.watch([flat_x, flat_kernel])
-                out = tf.nn.conv2d(flat_x, flat_kernel, stride, "SAME")
-            grads = tape.gradient(out, [flat_kernel] if first else [flat_x, flat_kernel],
-                                  output_gradients=tf.ones_like(out))
-            return tf.add_n([tf.reduce_sum(g) for g in grads])
-
-        def per_task(x=x, kernel=kernel, first=index == 0):
-            # The candidate replacement: one tf.nn.conv2d per task, unrolled over the static T.
-            with tf.GradientTape() as tape:
-                tape.watch([x, kernel])
-                out = tf.stack([tf.nn.conv2d(x[t], kernel[t], stride, "SAME") for t in range(tasks)])
-            grads = tape.gradient(out, [kernel] if first else [x, kernel], output_gradients=tf.ones_like(out))
-            return tf.add_n([tf.reduce_sum(g) for g in grads])
-
-        if hasattr(models, "batched_conv3x3"):  # the model's own conv, if it still has this helper
-            record(f"{layer.name} fwd+bwd batched_conv3x3 (model)", tf.function(batched, autograph=False), work)
-        def grouped(x=x, kernel=kernel, first=index == 0):
-            # Candidate: tasks folded into channels, one grouped tf.nn.conv2d (T groups).
-            with tf.GradientTape() as tape:
-                tape.watch([x, kernel])
-                out = grouped_conv3x3(x, kernel, stride)
-            grads = tape.gradient(out, [kernel] if first else [x, kernel], output_gradients=tf.ones_like(out))
-            return tf.add_n([tf.reduce_sum(g) for g in grads])
-
-        record(f"{layer.name} fwd+bwd tf.nn.conv2d per task (unrolled)", tf.function(per_task, autograph=False), work)
-        record(f"{layer.name} fwd+bwd tf.nn.conv2d grouped (tasks in channels)", tf.function(grouped, autograph=False), work)
-        record(f"{layer.name} fwd+bwd tf.nn.conv2d (shared kernel)", tf.function(conv2d, autograph=False), work)
+        for label, conv in per_task_convs.items():
+            record(f"{layer.name} fwd+bwd {label}", conv_fwd_bwd(conv, x, kernel, input_gradient=index > 0), work)
+        # The bound: all T x B images through one shared kernel (not a per-task computation).
+        flat_x, shared_kernel = tf.reshape(x, [tasks * batch, size, size, cin]), kernel[0]
+        record(f"{layer.name} fwd+bwd tf.nn.conv2d (shared kernel)",
+               conv_fwd_bwd(lambda x, kernel: tf.nn.conv2d(x, kernel, stride, "SAME"), flat_x, shared_kernel,
+                            input_gradient=index > 0), work)
         out_shape = [tasks, batch, *layer.output_shape]
         y = rng.uniform(out_shape)
         scale, offset = tf.ones([tasks, layer.output_shape[-1]]), tf.zeros([tasks, layer.output_shape[-1]])
@@ -440,8 +436,7 @@ def profile_ops(settings: Settings, warmup: int, repeats: int, xla: bool = True)
             return tf.add_n([tf.reduce_sum(g) for g in tape.gradient(out, [y, scale, offset],
                                                                        output_gradients=tf.ones_like(out))])
 
-        if hasattr(models, "batch_norm"):
-            record(f"bn{index + 1} fwd+bwd (model)", tf.function(norm, autograph=False), tasks * batch * 3 * 4.0 * layer.bn_elements)
+        record(f"bn{index + 1} fwd+bwd (model)", tf.function(norm, autograph=False), tasks * batch * 3 * 4.0 * layer.bn_elements)
         cin = layer.output_shape[-1]
         size = -(-layer.output_shape[0] // 2) if settings.dataset == "mini_imagenet" else layer.output_shape[0]
 
@@ -461,24 +456,6 @@ def profile_ops(settings: Settings, warmup: int, repeats: int, xla: bool = True)
     if xla:
         record("whole network fwd+bwd (model.apply), XLA", tf.function(whole, jit_compile=True, autograph=False), work)
     return rows
-
-
-def grouped_conv3x3(x, kernel, stride: int = 1):
-    """x `[T, B, H, W, Cin]`, kernel `[T, 3, 3, Cin, Cout]` -> `[T, B, H', W', Cout]` as ONE grouped conv.
-
-    The profile's candidate for `models.batched_conv3x3`: input `[B, H, W, T*Cin]`, kernel
-    `[3, 3, Cin, T*Cout]`, T groups (channel t*C + c = channel c of task t).
-    """
-    import tensorflow as tf
-
-    shape = tf.shape(x)
-    tasks, batch = shape[0], shape[1]
-    cin, cout = x.shape[-1], kernel.shape[-1]
-    folded = tf.reshape(tf.transpose(x, [1, 2, 3, 0, 4]), tf.stack([batch, shape[2], shape[3], tasks * cin]))
-    kernels = tf.reshape(tf.transpose(kernel, [1, 2, 3, 0, 4]), [3, 3, cin, -1])
-    out = tf.nn.conv2d(folded, kernels, stride, "SAME")
-    out_shape = tf.shape(out)
-    return tf.transpose(tf.reshape(out, tf.stack([batch, out_shape[1], out_shape[2], tasks, cout])), [3, 0, 1, 2, 4])
 
 
 # ----------------------------------------------------------------------------- the run
@@ -709,6 +686,14 @@ def paper_preset_flops() -> list[dict[str, Any]]:
     return out
 
 
+# Why XLA-on rows lose on CPU; written under the throughput table.
+XLA_ON_CPU_NOTE = (
+    "XLA on CPU is slow here: the model's float32 convolution is one grouped `tf.nn.conv2d` (tasks folded "
+    "into channels), and XLA's CPU backend compiles grouped convolutions (`feature_group_count`) into slow "
+    "code. The CPU fast path is therefore XLA off (the grouped convolution runs on oneDNN's kernels); "
+    "`--xla` (`reptile-tf train --xla`, `jit_compile=True`) is meant for GPUs.")
+
+
 def render_readme(command: str, rows: list[dict[str, Any]], profile: list[dict[str, Any]],
                   info: dict[str, Any]) -> str:
     """The Markdown report: command, machine, throughput, targets, comparisons, GPU projection."""
@@ -747,6 +732,7 @@ def render_readme(command: str, rows: list[dict[str, Any]], profile: list[dict[s
             f"{_fmt(r['gflop_per_meta_iter'])} | {_fmt(r['gflops_per_s'])} | {r['fraction_of_peak']:.1%} | "
             f"{_fmt(r['loop_sec_per_meta_iter'])} | {_fmt(r['speedup_vs_loop'])} | {_fmt(r['eval_tasks_per_s'])} | "
             f"{_fmt(r['eval_10k_tasks_min'])} | {r['peak_rss_mb']:.0f} | {r['step_rss_mb']:.0f} | {r['trace_s']:.1f} |")
+    lines += ["", XLA_ON_CPU_NOTE]
     lines += ["", "## Targets (2-core CPU, float32)", "", "| target | threshold | measured | status | notes |",
               "| --- | --- | --- | --- | --- |"]
     for t in evaluate_targets(rows):
@@ -781,9 +767,10 @@ def _profile_section(profile: list[dict[str, Any]]) -> list[str]:
         return []
     lines = ["", "## Where the time goes (per-op timing of one inner step, all tasks of the meta-batch)", "",
              "Forward + backward of each piece at the training shapes, timed alone (median, XLA off unless "
-             "stated). `batched_conv3x3 (model)` is the model's convolution (9 shifted slices + one einsum per "
-             "layer, a kernel per task); `per task (unrolled)` is one `tf.nn.conv2d` per task; `grouped` folds "
-             "the tasks into channels of one grouped `tf.nn.conv2d`; `shared kernel` is a single `tf.nn.conv2d` "
+             "stated). `grouped_conv3x3 (model)` is the model's convolution in float32 (`models.batched_conv3x3` "
+             "folds the tasks into the channels of one grouped `tf.nn.conv2d`, a kernel per task); "
+             "`sliced_conv3x3` is the alternative the model keeps for float64 (9 shifted slices + one einsum); "
+             "`per task (unrolled)` is one `tf.nn.conv2d` per task; `shared kernel` is a single `tf.nn.conv2d` "
              "on all T x B images (what oneDNN reaches on these shapes, not a valid per-task computation).", "",
              "| dataset | ways | tasks x batch | op | ms | GFLOP | GFLOP/s |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for p in profile:

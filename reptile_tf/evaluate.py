@@ -245,7 +245,7 @@ def evaluate_run(run_dir: Path, modes: tuple[str, ...] = MODES, tasks: int | Non
         raise UserError("--chunk-size must be at least 1")
     if data_dir is None:
         data_dir = Path(config.get(train.ENVIRONMENT_KEY, {}).get("data_dir") or train.DEFAULT_DATA_DIR)
-    train.deterministic_runtime()
+    train.deterministic_runtime(xla=False)
 
     model = train.build_model(settings)
     state, iteration = train.load_run_state(run_dir, config)

@@ -149,20 +149,16 @@ def batch_norm(x: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
 
 
 def max_pool2x2(x: tf.Tensor) -> tf.Tensor:
-    """2x2 max-pool, stride 2, 'SAME', on `[T, B, H, W, C]`.
+    """2x2 max-pool, stride 2, 'SAME', on `[T, B, H, W, C]` (folded to `[T*B, ...]`).
 
-    A reshape + reduce_max rather than `tf.nn.max_pool2d`: MaxPoolGrad has no deterministic
-    XLA kernel, so with op determinism on (always, here) `--xla` would fail on Mini-ImageNet.
-    'SAME' pads odd sizes at the end; the pad value never wins a window.
+    `tf.nn.max_pool2d` ran fwd+bwd 6.8x faster than a reshape + reduce_max on the Mini-ImageNet
+    shapes (17.8 vs 120.8 ms, measured). Its gradient has no deterministic XLA kernel, which is
+    why `--xla` runs without op determinism (see `train.deterministic_runtime`).
     """
-    height, width = x.shape[2], x.shape[3]
-    pad_h, pad_w = height % 2, width % 2
-    if pad_h or pad_w:
-        x = tf.pad(x, [[0, 0], [0, 0], [0, pad_h], [0, pad_w], [0, 0]], constant_values=x.dtype.min)
-    shape = tf.shape(x)
-    out_h, out_w = (height + pad_h) // 2, (width + pad_w) // 2
-    windows = tf.reshape(x, tf.stack([shape[0], shape[1], out_h, 2, out_w, 2, x.shape[-1]]))
-    return tf.reduce_max(windows, axis=[3, 5])
+    tasks, batch = tf.shape(x)[0], tf.shape(x)[1]
+    folded = tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], axis=0))
+    pooled = tf.nn.max_pool2d(folded, ksize=2, strides=2, padding="SAME")
+    return tf.reshape(pooled, tf.concat([[tasks, batch], tf.shape(pooled)[1:]], axis=0))
 
 
 def dense(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:

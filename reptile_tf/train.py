@@ -77,21 +77,26 @@ def _flag_type(annotation: Any) -> Any:
     return args[0] if args else annotation
 
 
-def deterministic_runtime() -> None:
+def deterministic_runtime(xla: bool = False) -> bool:
     """Same command, same numbers on CPU: deterministic kernels and one inter-op thread.
 
     Op determinism alone was not enough: two identical MAML runs diverged from iteration 4
     with TF's default inter-op thread pool (measured); with one inter-op thread they agree.
     Intra-op parallelism (inside a matmul/conv) stays on. The thread pool can only be set
     before TensorFlow initialises, so a process that already ran ops keeps its pool.
+    Under XLA, op determinism is left off: TF refuses to compile MaxPoolGrad with it
+    ("no deterministic XLA implementation"). Returns whether op determinism is on.
     """
     import tensorflow as tf
 
-    tf.config.experimental.enable_op_determinism()
     try:
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:
         pass
+    if xla:
+        return False
+    tf.config.experimental.enable_op_determinism()
+    return True
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -231,6 +236,7 @@ def build_config(settings: Settings, seed: int, options: RunOptions, data_info: 
     config.update(
         seed=seed,
         xla=options.xla,
+        op_determinism=not options.xla,
         mixed_precision=options.mixed_precision,
         checkpoint_every=options.checkpoint_every,
         log_every=options.log_every,
@@ -622,7 +628,7 @@ def train(settings: Settings, seed: int, run_dir: Path, options: RunOptions = Ru
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if options.val_every < 0 or options.val_tasks < 1:
         raise UserError("--val-every must be >= 0 and --val-tasks >= 1")
-    deterministic_runtime()
+    deterministic_runtime(options.xla)
     run_dir = Path(run_dir)
 
     source = make_task_source(settings, data_dir, options.protocol, train_images)
