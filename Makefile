@@ -24,10 +24,10 @@ test: venv
 	$(BIN)/python -m pytest
 
 reproduce: venv
-	$(BIN)/snakemake --cores $(CORES) --configfile workflow/config/$(PRESET).yaml
+	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete --configfile workflow/config/$(PRESET).yaml
 
 smoke: venv
-	$(BIN)/snakemake --cores $(CORES) --configfile workflow/config/smoke.yaml
+	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete --configfile workflow/config/smoke.yaml
 
 lint: venv
 	$(BIN)/snakemake --lint

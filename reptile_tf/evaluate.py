@@ -169,13 +169,25 @@ def score_episodes(model: Any, settings: Settings, state: dict, episodes: dict, 
                         num_tasks, mode, chunk_size, progress, scorer)
 
 
+# Bytes of one image's first-layer activation (float32): the largest per-image tensor.
+_FIRST_LAYER_BYTES = {"omniglot": 14 * 14 * 64 * 4, "mini_imagenet": 84 * 84 * 32 * 4}
+# First-layer activations of one compiled call stay under this; the whole call peaks at a few
+# times it. (A fixed 100 tasks per call ran out of 24 GB on Omniglot 20-way 5-shot.)
+CALL_ACTIVATION_BUDGET = 512 * 2**20
+
+
 def default_chunk_size(settings: Settings) -> int:
-    """Tasks per tf.function call: bounded memory for the larger Mini-ImageNet images."""
+    """Tasks per tf.function call, from the memory of the worst mode (non-transductive).
+
+    Non-transductive prediction pushes every query through the network with a copy of the
+    whole support set, so a task costs ways*queries x (ways*shots + 1) images.
+    """
     if settings.dataset == "sine":
         return 500
-    if settings.dataset == "mini_imagenet":
-        return 10
-    return 100
+    support = settings.ways * settings.shots
+    images_per_task = max(settings.ways * settings.eval_queries * (support + 1), support)
+    per_task_bytes = images_per_task * _FIRST_LAYER_BYTES[settings.dataset]
+    return max(1, min(100, CALL_ACTIVATION_BUDGET // per_task_bytes))
 
 
 # ------------------------------------------------------------------------ episodes
