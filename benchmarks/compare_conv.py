@@ -1,18 +1,19 @@
-"""Time the meta-step with the model's convolution and with alternatives patched in.
+"""Time the meta-step with the model's conv stack and with alternatives patched in.
 
 Variants (all in this process, one after another):
-- `grouped`: the model as it is. In float32 `models.batched_conv3x3` is `grouped_conv3x3`:
-  the T tasks folded into the channel axis of one grouped `tf.nn.conv2d` (input
-  `[B, H, W, T*Cin]`, kernel `[3, 3, Cin, T*Cout]`, T groups) on oneDNN's kernels.
-- `sliced`: `models.batched_conv3x3` swapped for `sliced_conv3x3` (9 shifted slices + one
-  einsum: the path the model keeps for float64), the model's convolution before the switch.
-- `folded`: the folded layout `[B, H, W, T*C]` kept through the whole conv stack, with
-  `fused_batch_norm` (see `folded_conv_apply`), saving the per-layer transposes.
+- `model`: the model as it is. In float32 the tasks are folded into the channels for the whole
+  conv stack (`[B, H, W, T*C]`): grouped `tf.nn.conv2d` (T groups), fused batch norm, max-pool
+  and ReLU on oneDNN kernels, one transpose in and one out.
+- `task_major`: the previous float32 path: the same grouped convolution, but folded and
+  unfolded around every layer (`models.grouped_conv3x3`), with the unfused `models.batch_norm`
+  and `models.max_pool2x2` on `[T, B, H, W, C]`.
+- `sliced`: task-major with `models.sliced_conv3x3` (9 shifted slices + one einsum: the path
+  the model keeps for float64), the model's convolution before the grouped one.
 Prints wall and process-CPU seconds per meta-iteration for each variant
 (CPU seconds are the fairer comparison on a loaded machine). With `--xla` on CPU the grouped
-and folded variants are very slow (XLA's CPU backend compiles grouped convolutions poorly).
+variants are very slow (XLA's CPU backend compiles grouped convolutions poorly).
 
-    .venv/bin/python benchmarks/compare_conv.py [--cases reptile:omniglot:5,...] [--variants grouped,sliced]
+    .venv/bin/python benchmarks/compare_conv.py [--cases reptile:omniglot:5,...] [--variants model,task_major]
         [--xla] [--repeats 5]
 """
 
@@ -22,6 +23,7 @@ import argparse
 import dataclasses
 import os
 import time
+from typing import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -30,60 +32,36 @@ import tensorflow as tf  # noqa: E402
 from reptile_tf import bench, flops, models  # noqa: E402
 
 
-def folded_conv_apply(arch: str):
-    """`model.apply` for the conv nets with the task dim folded into channels for the whole stack.
-
-    Layout `[B, H, W, T*C]` (channel t*C + c = channel c of task t) from the first conv to the
-    flatten: grouped `tf.nn.conv2d` (T groups), `fused_batch_norm` (its per-channel batch
-    statistics are exactly per-task, per-channel statistics), max-pool and ReLU all run on
-    oneDNN kernels; all are differentiable to second order and XLA-compilable. Falls back to
-    the model's own apply for float64 (fused batch norm has no float64 kernel).
-    """
+def task_major_apply(arch: str, conv: Callable):
+    """`model.apply` for the conv nets in the task-major layout `[T, B, H, W, C]` with `conv`."""
     input_shape, _, stride, pool = models._CONV_SPECS[arch]
-    original = models._conv_apply(arch)
-
-    def fold(t: tf.Tensor) -> tf.Tensor:  # [T, B, H, W, C] -> [B, H, W, T*C]
-        shape = tf.shape(t)
-        return tf.reshape(tf.transpose(t, [1, 2, 3, 0, 4]), tf.stack([shape[1], shape[2], shape[3], -1]))
 
     def apply(params, x, compute_dtype=None):
         dtype = models._compute_dtype(params, compute_dtype)
-        if dtype == tf.float64:
-            return original(params, x, compute_dtype)
         weights = models._cast_params(params, dtype)
-        tasks, batch = tf.shape(x)[0], tf.shape(x)[1]
-        out = fold(tf.cast(tf.reshape(x, tf.concat([[tasks, batch], input_shape], axis=0)), dtype))
+        out = tf.cast(tf.reshape(x, tf.concat([tf.shape(x)[:2], input_shape], axis=0)), dtype)
         for block in range(models._CONV_BLOCKS):
-            kernel = weights[f"conv{block}/kernel"]  # [T, 3, 3, Cin, Cout]
-            cin = kernel.shape[-2]
-            grouped = tf.reshape(tf.transpose(kernel, [1, 2, 3, 0, 4]), [3, 3, cin, -1])
-            out = tf.nn.conv2d(out, grouped, stride, "SAME")
-            out, _, _ = tf.compat.v1.nn.fused_batch_norm(
-                out, tf.reshape(weights[f"bn{block}/scale"], [-1]), tf.reshape(weights[f"bn{block}/offset"], [-1]),
-                epsilon=models.BATCH_NORM_EPSILON, is_training=True)
+            out = conv(out, weights[f"conv{block}/kernel"], stride)
+            out = models.batch_norm(out, weights[f"bn{block}/scale"], weights[f"bn{block}/offset"])
             if pool:
-                out = tf.nn.max_pool2d(out, 2, 2, "SAME")
+                out = models.max_pool2x2(out)
             out = tf.nn.relu(out)
-        shape = tf.shape(out)
-        channels = weights["conv0/kernel"].shape[-1]
-        unfolded = tf.transpose(tf.reshape(out, tf.stack([shape[0], shape[1], shape[2], tasks, channels])),
-                                [3, 0, 1, 2, 4])
-        features = tf.reshape(unfolded, tf.stack([tasks, batch, -1]))
-        features.set_shape([None, None, models._conv_feature_size(arch)])
-        logits = models.dense(features, weights["dense/kernel"], weights["dense/bias"])
-        return tf.cast(logits, models._output_dtype(params))
+        out = tf.reshape(out, tf.concat([tf.shape(out)[:2], [models._conv_feature_size(arch)]], axis=0))
+        return tf.cast(models.dense(out, weights["dense/kernel"], weights["dense/bias"]), models._output_dtype(params))
 
     return apply
 
 
+CONVS = {"task_major": models.grouped_conv3x3, "sliced": models.sliced_conv3x3}
+
+
 def patched_get_model(variant: str):
-    """`models.get_model` with the convolution (or the whole conv stack) swapped for `variant`."""
-    original = models.get_model
+    """`models.get_model` with the conv stack swapped for `variant`."""
 
     def get_model(arch: str, num_outputs: int):
-        model = original(arch, num_outputs)
-        if variant == "folded" and arch in models._CONV_SPECS:
-            return dataclasses.replace(model, apply=folded_conv_apply(arch))
+        model = ORIGINAL_GET_MODEL(arch, num_outputs)
+        if variant in CONVS and arch in models._CONV_SPECS:
+            return dataclasses.replace(model, apply=task_major_apply(arch, CONVS[variant]))
         return model
 
     return get_model
@@ -91,9 +69,8 @@ def patched_get_model(variant: str):
 
 def time_case(case: bench.Case, variant: str, xla: bool, warmup: int, repeats: int) -> tuple[float, float]:
     """(median wall seconds, mean process-CPU seconds) per meta-iteration of `case` with `variant`."""
-    # models' apply looks batched_conv3x3 up at trace time; bench imports get_model at call time.
-    models.batched_conv3x3 = models.sliced_conv3x3 if variant == "sliced" else ORIGINAL_CONV
-    models.get_model = patched_get_model(variant) if variant == "folded" else ORIGINAL_GET_MODEL
+    # bench imports get_model at call time.
+    models.get_model = patched_get_model(variant)
     try:
         run = bench.make_meta_runner(bench.case_settings(case), xla)
         wall = bench.median_seconds(run, warmup + 1, repeats)
@@ -102,12 +79,11 @@ def time_case(case: bench.Case, variant: str, xla: bool, warmup: int, repeats: i
             run()
         return wall, (time.process_time() - start) / repeats
     finally:
-        models.batched_conv3x3, models.get_model = ORIGINAL_CONV, ORIGINAL_GET_MODEL
+        models.get_model = ORIGINAL_GET_MODEL
 
 
-ORIGINAL_CONV = models.batched_conv3x3
 ORIGINAL_GET_MODEL = models.get_model
-VARIANTS = ("grouped", "sliced", "folded")
+VARIANTS = ("model", "task_major", "sliced")
 
 
 def parse_variants(text: str) -> tuple[str, ...]:

@@ -4,8 +4,10 @@ The baseline that `reptile-tf bench` compares the batched, compiled meta-batch a
 faithful, simple implementation of the same algorithms and networks, written the way one
 usually writes them first:
 
-- the network uses `tf.nn.conv2d` / `tf.nn.max_pool2d` and batch statistics of one task's batch
-  (no task dimension), with the weights held in `tf.Variable`s;
+- the network uses `tf.nn.conv2d`, fused batch norm with the statistics of one task's batch
+  (what `tf.layers.batch_normalization` in the official code and Keras' `BatchNormalization`
+  run) and `tf.nn.max_pool2d`, with no task dimension and the weights held in `tf.Variable`s:
+  the same kernels as the batched model, so the comparison measures the batching alone;
 - Reptile / FOMAML: a Python loop over tasks and inner steps; each inner Adam step (beta1 = 0,
   moments persisting across tasks, as in the official code) is one `tf.function` call;
   the outer update (Reptile: mean weight change; FOMAML: mean last-step change) is another;
@@ -60,10 +62,7 @@ def forward(arch: str, weights: list[Any], x: tf.Tensor) -> tf.Tensor:
     for block in range(4):
         kernel, scale, offset = weights[3 * block: 3 * block + 3]
         out = tf.nn.conv2d(out, kernel, strides=stride, padding="SAME")
-        # Not tf.nn.moments: its stop_gradient inside the variance drops a second-order term (MAML).
-        centered = out - tf.reduce_mean(out, axis=[0, 1, 2])
-        variance = tf.reduce_mean(tf.square(centered), axis=[0, 1, 2])
-        out = centered * (scale * tf.math.rsqrt(variance + BN_EPSILON)) + offset
+        out, _, _ = tf.compat.v1.nn.fused_batch_norm(out, scale, offset, epsilon=BN_EPSILON, is_training=True)
         if pool:
             out = tf.nn.max_pool2d(out, 2, 2, "SAME")
         out = tf.nn.relu(out)

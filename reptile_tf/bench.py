@@ -381,12 +381,14 @@ def profile_ops(settings: Settings, warmup: int, repeats: int, xla: bool = True)
     """Time the pieces of one inner step of the batched network at the case's shapes.
 
     Forward + backward (weight and input gradients) of each conv layer computed four ways: as
-    the model does in float32 (`models.grouped_conv3x3`: the tasks folded into the channels of
-    one grouped `tf.nn.conv2d`), as the alternative the model keeps for float64
+    the model does in float32 (`models.folded_conv3x3`: one grouped `tf.nn.conv2d` on the
+    folded layout `[B, H, W, T*C]`), as the alternative the model keeps for float64
     (`models.sliced_conv3x3`: 9 shifted slices + one einsum), as one `tf.nn.conv2d` per task,
     and as one `tf.nn.conv2d` with a single shared kernel (what oneDNN reaches on these shapes;
-    not a per-task computation); then each batch norm and the whole network (`model.apply` +
-    loss, gradients w.r.t. params; XLA off, and on if `xla`). GFLOP/s from the hand count.
+    not a per-task computation); then each batch norm two ways (the model's fused kernel on the
+    folded layout, and the unfused task-major ops the float64 path uses) and the whole network
+    (`model.apply` + loss, gradients w.r.t. params; XLA off, and on if `xla`). GFLOP/s from the
+    hand count.
     """
     import tensorflow as tf
 
@@ -409,7 +411,8 @@ def profile_ops(settings: Settings, warmup: int, repeats: int, xla: bool = True)
         return tf.stack([tf.nn.conv2d(x[t], kernel[t], stride, "SAME") for t in range(tasks)])
 
     per_task_convs = {
-        "grouped_conv3x3 (model)": lambda x, kernel: models.grouped_conv3x3(x, kernel, stride),
+        # The model keeps the folded layout between layers: fold the input outside the timing.
+        "folded_conv3x3 (model)": lambda x, kernel: models.folded_conv3x3(x, kernel, stride),
         "sliced_conv3x3 (shifted slices + einsum)": lambda x, kernel: models.sliced_conv3x3(x, kernel, stride),
         "tf.nn.conv2d per task (unrolled)": per_task_conv2d,
     }
@@ -419,7 +422,8 @@ def profile_ops(settings: Settings, warmup: int, repeats: int, xla: bool = True)
         kernel = rng.uniform([tasks, 3, 3, cin, layer.output_shape[-1]])
         work = tasks * batch * 2.0 * layer.macs * (3 if index > 0 else 2)  # no input grad for layer 1
         for label, conv in per_task_convs.items():
-            record(f"{layer.name} fwd+bwd {label}", conv_fwd_bwd(conv, x, kernel, input_gradient=index > 0), work)
+            inputs = models.fold_tasks(x) if label.endswith("(model)") else x
+            record(f"{layer.name} fwd+bwd {label}", conv_fwd_bwd(conv, inputs, kernel, input_gradient=index > 0), work)
         # The bound: all T x B images through one shared kernel (not a per-task computation).
         flat_x, shared_kernel = tf.reshape(x, [tasks * batch, size, size, cin]), kernel[0]
         record(f"{layer.name} fwd+bwd tf.nn.conv2d (shared kernel)",
@@ -429,14 +433,19 @@ def profile_ops(settings: Settings, warmup: int, repeats: int, xla: bool = True)
         y = rng.uniform(out_shape)
         scale, offset = tf.ones([tasks, layer.output_shape[-1]]), tf.zeros([tasks, layer.output_shape[-1]])
 
-        def norm(y=y, scale=scale, offset=offset):
-            with tf.GradientTape() as tape:
-                tape.watch([y, scale, offset])
-                out = models.batch_norm(y, scale, offset)
-            return tf.add_n([tf.reduce_sum(g) for g in tape.gradient(out, [y, scale, offset],
-                                                                       output_gradients=tf.ones_like(out))])
+        def norm_fwd_bwd(norm, y):
+            def run():
+                with tf.GradientTape() as tape:
+                    tape.watch([y, scale, offset])
+                    out = norm(y, scale, offset)
+                grads = tape.gradient(out, [y, scale, offset], output_gradients=tf.ones_like(out))
+                return tf.add_n([tf.reduce_sum(g) for g in grads])
+            return tf.function(run, autograph=False)
 
-        record(f"bn{index + 1} fwd+bwd (model)", tf.function(norm, autograph=False), tasks * batch * 3 * 4.0 * layer.bn_elements)
+        norm_work = tasks * batch * 3 * 4.0 * layer.bn_elements
+        record(f"bn{index + 1} fwd+bwd fused, folded (model)",
+               norm_fwd_bwd(models.folded_batch_norm, models.fold_tasks(y)), norm_work)
+        record(f"bn{index + 1} fwd+bwd unfused, task-major (float64 path)", norm_fwd_bwd(models.batch_norm, y), norm_work)
         cin = layer.output_shape[-1]
         size = -(-layer.output_shape[0] // 2) if settings.dataset == "mini_imagenet" else layer.output_shape[0]
 
@@ -767,8 +776,9 @@ def _profile_section(profile: list[dict[str, Any]]) -> list[str]:
         return []
     lines = ["", "## Where the time goes (per-op timing of one inner step, all tasks of the meta-batch)", "",
              "Forward + backward of each piece at the training shapes, timed alone (median, XLA off unless "
-             "stated). `grouped_conv3x3 (model)` is the model's convolution in float32 (`models.batched_conv3x3` "
-             "folds the tasks into the channels of one grouped `tf.nn.conv2d`, a kernel per task); "
+             "stated). `folded_conv3x3 (model)` is the model's convolution in float32: the tasks folded into the "
+             "channels (`[B, H, W, T*C]`, kept from the first layer to the last) of one grouped `tf.nn.conv2d`, "
+             "a kernel per task; its batch norm is one fused kernel on the same layout; "
              "`sliced_conv3x3` is the alternative the model keeps for float64 (9 shifted slices + one einsum); "
              "`per task (unrolled)` is one `tf.nn.conv2d` per task; `shared kernel` is a single `tf.nn.conv2d` "
              "on all T x B images (what oneDNN reaches on these shapes, not a valid per-task computation).", "",

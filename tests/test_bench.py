@@ -51,12 +51,12 @@ def test_cli_tiny_run_writes_csv_and_readme(tmp_path):
     with open(out / "profile.csv", newline="") as handle:
         profile = list(csv.DictReader(handle))
     assert set(profile[0]) == {"dataset", "ways", "tasks", "batch", "op", "ms", "gflop", "gflops_per_s"}
-    # Every conv layer is timed four ways: the model's grouped conv, the sliced alternative,
-    # tf.nn.conv2d per task and with a shared kernel; then its batch norm.
+    # Every conv layer is timed four ways: the model's folded grouped conv, the sliced alternative,
+    # tf.nn.conv2d per task and with a shared kernel; then its batch norm, fused and unfused.
     ops = [p["op"] for p in profile]
     for layer in ("conv1", "conv2", "conv3", "conv4"):
         assert [op.removeprefix(f"{layer} fwd+bwd ") for op in ops if op.startswith(f"{layer} ")] == [
-            "grouped_conv3x3 (model)", "sliced_conv3x3 (shifted slices + einsum)",
+            "folded_conv3x3 (model)", "sliced_conv3x3 (shifted slices + einsum)",
             "tf.nn.conv2d per task (unrolled)", "tf.nn.conv2d (shared kernel)"]
     assert all(float(p["ms"]) > 0 and float(p["gflop"]) > 0 for p in profile)
 
@@ -136,7 +136,11 @@ def _reference_vs_batched(settings, outer_lr):
 
 def test_reference_loop_reptile_matches_batched_core():
     # One task and a minibatch of the whole task (order-free), so Adam state handling coincides.
-    settings = paper_settings("reptile", "omniglot", 5, 1).replace(meta_batch=1, inner_steps=2, inner_batch=50)
+    # A large Adam epsilon: with the paper's 1e-8 (and beta1 = 0) a round-off-sized gradient
+    # becomes a full step of lr * sign(g), and the per-task and folded fused batch-norm kernels
+    # round differently; with 0.1 steps stay proportional to the gradients being compared.
+    settings = paper_settings("reptile", "omniglot", 5, 1).replace(meta_batch=1, inner_steps=2, inner_batch=50,
+                                                                 adam_epsilon=0.1)
     _reference_vs_batched(settings, outer_lr=0.5)
 
 

@@ -12,7 +12,8 @@ import tensorflow as tf
 
 from reptile_tf.errors import UserError
 from reptile_tf.models import (
-    batch_norm, batched_conv3x3, broadcast_params, grouped_conv3x3, sliced_conv3x3, count_params, cross_entropy_loss, get_model,
+    batch_norm, batched_conv3x3, broadcast_params, count_params, cross_entropy_loss, fold_tasks, folded_batch_norm,
+    get_model, grouped_conv3x3, sliced_conv3x3, unfold_tasks,
     max_pool2x2, mean_over_tasks, mse_loss, same_padding,
 )
 
@@ -169,3 +170,61 @@ def test_unknown_arch_is_a_user_error():
         get_model("resnet", 5)
     with pytest.raises(UserError, match="num_outputs"):
         get_model("omniglot", 0)
+
+
+def test_folded_batch_norm_equals_batch_norm_to_second_order():
+    """The fused kernel on the folded layout is the same function as the task-major batch norm,
+    down to the second derivatives MAML takes through it."""
+    rng = np.random.default_rng(2)
+    x = tf.constant((rng.normal(size=(3, 4, 5, 5, 6)) * np.array([1.0, 3.0, 0.2])[:, None, None, None, None]).astype(np.float32))
+    scale = tf.constant(rng.uniform(0.5, 1.5, size=(3, 6)).astype(np.float32))
+    offset = tf.constant(rng.normal(size=(3, 6)).astype(np.float32))
+
+    def derivatives(norm):
+        with tf.GradientTape() as outer:
+            outer.watch([x, scale])
+            with tf.GradientTape() as inner:
+                inner.watch([x, scale, offset])
+                out = norm(x, scale, offset)
+                loss = tf.reduce_sum(tf.sin(out) * tf.range(6, dtype=tf.float32))
+            gx, gs, go = inner.gradient(loss, [x, scale, offset])
+            norm2 = tf.reduce_sum(gx ** 2) + tf.reduce_sum(gs ** 2) + tf.reduce_sum(go ** 2)
+        return [out, gx, gs, go, *outer.gradient(norm2, [x, scale])]
+
+    folded = derivatives(lambda x, s, o: unfold_tasks(folded_batch_norm(fold_tasks(x), s, o), 6))
+    plain = derivatives(batch_norm)
+    for got, want in zip(folded, plain):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=2e-3, atol=2e-3 * np.abs(want.numpy()).max())
+
+
+def test_fold_tasks_round_trip_and_channel_order():
+    x = tf.random.stateless_normal([3, 2, 4, 4, 5], seed=[7, 8])
+    folded = fold_tasks(x)
+    assert folded.shape == (2, 4, 4, 15)
+    np.testing.assert_array_equal(folded[..., 1 * 5 + 2].numpy(), x[1, ..., 2].numpy())  # channel t*C + c
+    np.testing.assert_array_equal(unfold_tasks(folded, 5).numpy(), x.numpy())
+
+
+@pytest.mark.parametrize("arch", ["omniglot", "mini_imagenet"])
+def test_float32_folded_network_matches_float64_task_major_network(arch):
+    """float32 runs the folded stack (grouped conv, fused batch norm), float64 the task-major one
+    (sliced conv, unfused batch norm): same outputs and same parameter gradients."""
+    model = get_model(arch, 5)
+    params = {k: tf.stack([v, v * 1.1]) for k, v in model.init(3).items()}
+    x = tf.random.stateless_uniform([2, 4, *model.input_shape], seed=[9, 9])
+    y = tf.constant([[0, 1, 2, 3], [4, 3, 2, 1]])
+
+    def loss_and_grads(dtype):
+        cast = {k: tf.cast(v, dtype) for k, v in params.items()}
+        with tf.GradientTape() as tape:
+            tape.watch(cast)
+            logits = model.apply(cast, tf.cast(x, dtype))
+            loss = tf.reduce_sum(model.loss(logits, y))
+        return logits, tape.gradient(loss, cast)
+
+    logits32, grads32 = loss_and_grads(tf.float32)
+    logits64, grads64 = loss_and_grads(tf.float64)
+    np.testing.assert_allclose(logits32.numpy(), logits64.numpy(), rtol=1e-3, atol=1e-4)
+    for name in grads64:
+        want = grads64[name].numpy()
+        np.testing.assert_allclose(grads32[name].numpy(), want, rtol=1e-2, atol=1e-3 * np.abs(want).max(), err_msg=name)
