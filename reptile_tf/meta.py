@@ -169,14 +169,24 @@ def minibatch_schedule(num_images: int, batch: int, steps: int, seed, num_tasks:
 
     Like the official `_mini_batches(..., replacement=False)`: an endless stream of shuffled
     passes over the task's `num_images` images, cut into consecutive minibatches (a minibatch
-    may span two passes). In-graph and stateless: `seed` is an int tensor of shape [2].
+    may span two passes). In-graph and stateless: `seed` is an int tensor of shape [2] (one
+    stream for all tasks), or `[num_tasks, 2]` (a stream per task, so that a task's schedule
+    does not depend on which other tasks share the call: evaluation chunks).
     """
     if num_images < 1 or batch < 1 or steps < 0:
         raise UserError(f"minibatch schedule needs num_images >= 1, batch >= 1, steps >= 0 "
                         f"(got {num_images}, {batch}, {steps})")
     passes = max(1, math.ceil(steps * batch / num_images))
     lead = [] if num_tasks is None else [num_tasks]
-    keys = tf.random.stateless_uniform([*lead, passes, num_images], seed=seed, alg=RNG_ALGORITHM)
+    seed = tf.convert_to_tensor(seed)
+    if seed.shape.rank == 2:
+        if num_tasks is None:
+            raise UserError("per-task seeds ([num_tasks, 2]) need num_tasks")
+        keys = tf.map_fn(lambda task_seed: tf.random.stateless_uniform([passes, num_images], seed=task_seed,
+                                                                       alg=RNG_ALGORITHM),
+                         seed, fn_output_signature=tf.float32)
+    else:
+        keys = tf.random.stateless_uniform([*lead, passes, num_images], seed=seed, alg=RNG_ALGORITHM)
     order = tf.argsort(keys, axis=-1, stable=True)
     flat = tf.reshape(order, [*lead, passes * num_images])[..., : steps * batch]
     return tf.reshape(flat, [*lead, steps, batch])

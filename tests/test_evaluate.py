@@ -69,6 +69,26 @@ def test_eval_json_for_both_modes(omniglot_run, tmp_path):
     assert json.loads((run / "eval.json").read_text())["non_transductive"] == on_disk["non_transductive"]
 
 
+def test_a_tasks_score_does_not_depend_on_the_chunk_size(omniglot_run, tmp_path):
+    """Each task's adaptation minibatches come from its own seed (its index), not its chunk's."""
+    import tensorflow as tf
+
+    from reptile_tf import meta
+
+    run = copy_run(omniglot_run, tmp_path)
+    evaluate.evaluate_run(run, ("transductive",), tasks=6, chunk_size=6, progress=False)
+    whole = read_csv(run / "eval_transductive.csv")
+    evaluate.evaluate_run(run, ("transductive",), tasks=6, chunk_size=4, progress=False)
+    assert read_csv(run / "eval_transductive.csv") == whole
+    # The per-task schedules really differ between tasks and really follow the task's seed.
+    seeds = evaluate.task_seeds(3, 4)
+    schedule = meta.minibatch_schedule(10, 5, 6, seeds, num_tasks=4).numpy()
+    alone = meta.minibatch_schedule(10, 5, 6, seeds[1:2], num_tasks=1).numpy()
+    np.testing.assert_array_equal(schedule[1], alone[0])
+    assert not np.array_equal(schedule[0], schedule[1])
+    assert tf.reduce_all(evaluate.task_seeds(3, 4)[:, 1] == [3, 4, 5, 6])
+
+
 def test_evaluation_is_deterministic_and_on_the_same_tasks(omniglot_run, tmp_path):
     run = copy_run(omniglot_run, tmp_path)
     first = evaluate.evaluate_run(run, ("transductive",), tasks=6, progress=False)
@@ -94,7 +114,7 @@ def test_non_transductive_prediction_ignores_the_other_queries(omniglot_run, omn
     changed = tf.concat([chunk["query_x"][:, :1], noise[:, 1:]], axis=1)
 
     def outputs(query_x, mode):
-        return evaluate.adapted_query_outputs(model, settings, params, opt_state, evaluate.chunk_seed(0),
+        return evaluate.adapted_query_outputs(model, settings, params, opt_state, evaluate.task_seeds(0, 2),
                                               chunk["support_x"], chunk["support_y"], query_x, mode).numpy()
 
     original_nt, changed_nt = outputs(chunk["query_x"], "non_transductive"), outputs(changed, "non_transductive")
