@@ -23,33 +23,12 @@ import argparse
 import dataclasses
 import os
 import time
-from typing import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
 from reptile_tf import bench, flops, models  # noqa: E402
-
-
-def task_major_apply(arch: str, conv: Callable):
-    """`model.apply` for the conv nets in the task-major layout `[T, B, H, W, C]` with `conv`."""
-    input_shape, _, stride, pool = models._CONV_SPECS[arch]
-
-    def apply(params, x, compute_dtype=None):
-        dtype = models._compute_dtype(params, compute_dtype)
-        weights = models._cast_params(params, dtype)
-        out = tf.cast(tf.reshape(x, tf.concat([tf.shape(x)[:2], input_shape], axis=0)), dtype)
-        for block in range(models._CONV_BLOCKS):
-            out = conv(out, weights[f"conv{block}/kernel"], stride)
-            out = models.batch_norm(out, weights[f"bn{block}/scale"], weights[f"bn{block}/offset"])
-            if pool:
-                out = models.max_pool2x2(out)
-            out = tf.nn.relu(out)
-        out = tf.reshape(out, tf.concat([tf.shape(out)[:2], [models._conv_feature_size(arch)]], axis=0))
-        return tf.cast(models.dense(out, weights["dense/kernel"], weights["dense/bias"]), models._output_dtype(params))
-
-    return apply
 
 
 CONVS = {"task_major": models.grouped_conv3x3, "sliced": models.sliced_conv3x3}
@@ -61,7 +40,7 @@ def patched_get_model(variant: str):
     def get_model(arch: str, num_outputs: int):
         model = ORIGINAL_GET_MODEL(arch, num_outputs)
         if variant in CONVS and arch in models._CONV_SPECS:
-            return dataclasses.replace(model, apply=task_major_apply(arch, CONVS[variant]))
+            return dataclasses.replace(model, apply=models._conv_apply(arch, CONVS[variant]))
         return model
 
     return get_model

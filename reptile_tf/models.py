@@ -261,28 +261,35 @@ def _conv_init(arch: str, num_outputs: int) -> Callable[..., Params]:
     return init
 
 
-def _conv_apply(arch: str) -> Callable[..., tf.Tensor]:
+def _conv_apply(arch: str, task_major_conv: Callable | None = None) -> Callable[..., tf.Tensor]:
+    """`apply` of the conv net `arch`.
+
+    Default: float32/16 run folded from end to end (`folded_conv3x3`, `folded_batch_norm`);
+    float64 (gradient checks, theory) has no grouped-conv gradient or fused batch norm on CPU
+    and runs task-major (`sliced_conv3x3`, `batch_norm`). `task_major_conv` forces the
+    task-major layout with that conv in every dtype (`benchmarks/compare_conv.py`).
+    """
     input_shape, filters, stride, pool = _CONV_SPECS[arch]
+    conv = task_major_conv or sliced_conv3x3
 
     def apply(params: Params, x: tf.Tensor, compute_dtype=None) -> tf.Tensor:
         dtype = _compute_dtype(params, compute_dtype)
         weights = _cast_params(params, dtype)
         out = tf.cast(tf.reshape(x, tf.concat([tf.shape(x)[:2], input_shape], axis=0)), dtype)
         out.set_shape([None, None, *input_shape])
-        # float64 (gradient checks, theory) has no grouped-conv gradient or fused batch norm on
-        # CPU: it keeps the task-major layout; everything else runs folded from end to end.
-        folded = dtype != tf.float64
+        folded = task_major_conv is None and dtype != tf.float64
         if folded:
             out = fold_tasks(out)
         for block in range(_CONV_BLOCKS):
-            kernel, scale, offset = (weights[f"conv{block}/kernel"], params[f"bn{block}/scale"],
-                                     params[f"bn{block}/offset"])
+            kernel = weights[f"conv{block}/kernel"]
             if folded:
-                out = folded_batch_norm(folded_conv3x3(out, kernel, stride), scale, offset)
+                # scale/offset from the float32 params: the fused kernel wants float32 ones.
+                out = folded_batch_norm(folded_conv3x3(out, kernel, stride), params[f"bn{block}/scale"],
+                                        params[f"bn{block}/offset"])
                 if pool:
                     out = tf.nn.max_pool2d(out, 2, 2, "SAME")
             else:
-                out = batch_norm(sliced_conv3x3(out, kernel, stride), tf.cast(scale, dtype), tf.cast(offset, dtype))
+                out = batch_norm(conv(out, kernel, stride), weights[f"bn{block}/scale"], weights[f"bn{block}/offset"])
                 if pool:
                     out = max_pool2x2(out)
             out = tf.nn.relu(out)
