@@ -7,7 +7,7 @@ CORES ?= all
 # The offline mirror beside the project (as on CI) is used when present; otherwise canonical URLs.
 export REPTILE_TF_MIRROR ?= $(wildcard $(abspath ../shared/data))
 
-.PHONY: venv test reproduce smoke lint clean
+.PHONY: venv test reproduce smoke smoke-check smoke-reference lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,22 @@ test: venv
 reproduce: venv
 	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete --configfile workflow/config/$(PRESET).yaml
 
+# The smoke preset writes under .cache/smoke; the committed reference results/smoke/ changes only
+# through `make smoke-reference` (on purpose, see results/smoke/README.md).
+SMOKE_OUT := .cache/smoke
+SMOKE_TABLE := table2_omniglot
 smoke: venv
-	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete --configfile workflow/config/smoke.yaml
+	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete --configfile workflow/config/smoke.yaml \
+	    --config runs_dir=$(SMOKE_OUT)/runs results_dir=$(SMOKE_OUT)/results logs_dir=$(SMOKE_OUT)/logs
+
+# Cross-machine check of a fresh smoke run against the reference: paired test per cell (CI).
+smoke-check: smoke
+	$(BIN)/reptile-tf tables diff --paired results/smoke/$(SMOKE_TABLE).csv $(SMOKE_OUT)/results/smoke/$(SMOKE_TABLE).csv
+
+smoke-reference: smoke
+	cp $(SMOKE_OUT)/results/smoke/$(SMOKE_TABLE).md $(SMOKE_OUT)/results/smoke/$(SMOKE_TABLE).csv \
+	    $(SMOKE_OUT)/results/smoke/$(SMOKE_TABLE)_tasks.csv $(SMOKE_OUT)/results/smoke/learning_curves_*.png results/smoke/
+	$(BIN)/python -m reptile_tf.runtime > results/smoke/machine.json
 
 lint: venv
 	$(BIN)/snakemake --lint

@@ -380,11 +380,9 @@ def conv_fwd_bwd(conv: Callable[[Any, Any], Any], x, kernel, input_gradient: boo
 def profile_ops(settings: Settings, warmup: int, repeats: int, xla: bool = True) -> list[dict[str, Any]]:
     """Time the pieces of one inner step of the batched network at the case's shapes.
 
-    Forward + backward (weight and input gradients) of each conv layer computed four ways: as
-    the model does in float32 (`models.folded_conv3x3`: one grouped `tf.nn.conv2d` on the
-    folded layout `[B, H, W, T*C]`), as the alternative the model keeps for float64
-    (`models.sliced_conv3x3`: 9 shifted slices + one einsum), as one `tf.nn.conv2d` per task,
-    and as one `tf.nn.conv2d` with a single shared kernel (what oneDNN reaches on these shapes;
+    Forward + backward (weight and input gradients) of each conv layer computed by every conv
+    path this TensorFlow can differentiate here (`models.CONV_PATHS`: the model's is marked),
+    as one `tf.nn.conv2d` per task, and as one `tf.nn.conv2d` with a single shared kernel (what oneDNN reaches on these shapes;
     not a per-task computation); then each batch norm two ways (the model's fused kernel on the
     folded layout, and the unfused task-major ops the float64 path uses) and the whole network
     (`model.apply` + loss, gradients w.r.t. params; XLA off, and on if `xla`). GFLOP/s from the
@@ -410,19 +408,22 @@ def profile_ops(settings: Settings, warmup: int, repeats: int, xla: bool = True)
     def per_task_conv2d(x, kernel):  # unrolled over the static number of tasks
         return tf.stack([tf.nn.conv2d(x[t], kernel[t], stride, "SAME") for t in range(tasks)])
 
-    per_task_convs = {
-        # The model keeps the folded layout between layers: fold the input outside the timing.
-        "folded_conv3x3 (model)": lambda x, kernel: models.folded_conv3x3(x, kernel, stride),
-        "sliced_conv3x3 (shifted slices + einsum)": lambda x, kernel: models.sliced_conv3x3(x, kernel, stride),
-        "tf.nn.conv2d per task (unrolled)": per_task_conv2d,
-    }
+    # Every conv path this TensorFlow can differentiate here (models.CONV_PATHS), then one conv2d
+    # per task on the task-major layout. Folded paths get the folded input, prepared outside the timing.
+    model_path = models.choose_conv_path()
+    per_task_convs: dict[str, tuple[bool, Callable]] = {}
+    for name in models.available_conv_paths():
+        spec = models.CONV_PATHS[name]
+        label = f"conv path {name}" + (" (model)" if name == model_path else "")
+        per_task_convs[label] = (spec.layout == "folded", lambda x, kernel, conv=spec.conv: conv(x, kernel, stride))
+    per_task_convs["tf.nn.conv2d per task (unrolled)"] = (False, per_task_conv2d)
     cin, size = channels, height
     for index, layer in enumerate(layers[:-1]):
         x = rng.uniform([tasks, batch, size, size, cin])
         kernel = rng.uniform([tasks, 3, 3, cin, layer.output_shape[-1]])
         work = tasks * batch * 2.0 * layer.macs * (3 if index > 0 else 2)  # no input grad for layer 1
-        for label, conv in per_task_convs.items():
-            inputs = models.fold_tasks(x) if label.endswith("(model)") else x
+        for label, (folded, conv) in per_task_convs.items():
+            inputs = models.fold_tasks(x) if folded else x
             record(f"{layer.name} fwd+bwd {label}", conv_fwd_bwd(conv, inputs, kernel, input_gradient=index > 0), work)
         # The bound: all T x B images through one shared kernel (not a per-task computation).
         flat_x, shared_kernel = tf.reshape(x, [tasks * batch, size, size, cin]), kernel[0]
@@ -582,22 +583,22 @@ def run_benchmarks(plan: Plan) -> tuple[list[dict[str, Any]], list[dict[str, Any
 
 
 def machine_info() -> dict[str, Any]:
+    """The machine and runtime of this benchmark run: CPU model, class and flags, the real oneDNN
+    state (asked of TensorFlow) and who chose it, the conv path the models run."""
     import tensorflow as tf
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from reptile_tf import runtime
+    from reptile_tf.models import choose_conv_path
+
+    facts = runtime.runtime_info()
+    onednn = {True: "on", False: "off", None: "unknown"}[facts["onednn"]]
     load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
-    return {"cpu": cpu, "cores": os.cpu_count(), "tf_version": tf.__version__, "python": platform.python_version(),
+    return {"cpu": facts["cpu_model"], "cpu_class": facts["cpu_class"], "cpu_flags": " ".join(facts["cpu_flags"]),
+            "cores": os.cpu_count(), "tf_version": tf.__version__, "python": platform.python_version(),
             "load_average": " ".join(f"{x:.2f}" for x in load),
             "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-            "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)")}
+            "onednn": f"{onednn} (set by {facts['onednn_source']})", "conv_path": choose_conv_path()}
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -711,8 +712,10 @@ def render_readme(command: str, rows: list[dict[str, Any]], profile: list[dict[s
     if info.get("tiny"):
         lines += ["**Tiny workloads (test run): the numbers below are not the paper settings.**", ""]
     lines += [
-        f"Machine: {info['cpu']}, {info['cores']} cores, TensorFlow {info['tf_version']}, Python {info['python']}, "
-        f"oneDNN {info['onednn']}; {info['date_utc']}; load average at the end: {info['load_average']}.",
+        f"Machine: {info['cpu']} (class {info.get('cpu_class', '?')}; flags {info.get('cpu_flags', '?')}), "
+        f"{info['cores']} cores, TensorFlow {info['tf_version']}, Python {info['python']}, "
+        f"oneDNN {info['onednn']}, conv path {info.get('conv_path', '?')}; {info['date_utc']}; "
+        f"load average at the end: {info['load_average']}.",
         "",
         f"Matmul peak measured in this run: **{peak:.1f} GFLOP/s** (float32 {info['matmul_size']}x"
         f"{info['matmul_size']} `tf.matmul`, median of {info['matmul_repeats']}, the higher of the start "
@@ -776,10 +779,11 @@ def _profile_section(profile: list[dict[str, Any]]) -> list[str]:
         return []
     lines = ["", "## Where the time goes (per-op timing of one inner step, all tasks of the meta-batch)", "",
              "Forward + backward of each piece at the training shapes, timed alone (median, XLA off unless "
-             "stated). `folded_conv3x3 (model)` is the model's convolution in float32: the tasks folded into the "
-             "channels (`[B, H, W, T*C]`, kept from the first layer to the last) of one grouped `tf.nn.conv2d`, "
-             "a kernel per task; its batch norm is one fused kernel on the same layout; "
-             "`sliced_conv3x3` is the alternative the model keeps for float64 (9 shifted slices + one einsum); "
+             "stated). `conv path NAME` is one formulation of `models.CONV_PATHS` (the one marked `(model)` "
+             "runs in float32 here): `grouped`, the tasks folded into the channels (`[B, H, W, T*C]`, kept from "
+             "the first layer to the last) of one grouped `tf.nn.conv2d` (a gradient only on oneDNN/cuDNN); "
+             "`split`, the same layout with one `tf.nn.conv2d` per task; `sliced`, 9 shifted slices + one einsum "
+             "(the float64 path); the batch norm is one fused kernel on the folded layout; "
              "`per task (unrolled)` is one `tf.nn.conv2d` per task; `shared kernel` is a single `tf.nn.conv2d` "
              "on all T x B images (what oneDNN reaches on these shapes, not a valid per-task computation).", "",
              "| dataset | ways | tasks x batch | op | ms | GFLOP | GFLOP/s |", "| --- | --- | --- | --- | --- | --- | --- |"]

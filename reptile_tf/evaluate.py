@@ -237,7 +237,7 @@ def evaluate_run(run_dir: Path, modes: tuple[str, ...] = MODES, tasks: int | Non
                  require_done: bool = True) -> dict[str, Any]:
     """Score the run's final checkpoint; write eval.json and per-task CSVs; return eval.json's content."""
     import tensorflow as tf
-    from reptile_tf import train
+    from reptile_tf import runtime, train
 
     run_dir = Path(run_dir)
     config_path = run_dir / train.CONFIG_FILE
@@ -265,18 +265,20 @@ def evaluate_run(run_dir: Path, modes: tuple[str, ...] = MODES, tasks: int | Non
         raise UserError("--chunk-size must be at least 1")
     if data_dir is None:
         data_dir = Path(config.get(train.ENVIRONMENT_KEY, {}).get("data_dir") or train.DEFAULT_DATA_DIR)
-    train.deterministic_runtime(xla=False)
+    runtime.deterministic_runtime(xla=False)
 
     model = train.build_model(settings)
     state, iteration = train.load_run_state(run_dir, config)
     get_chunk, info = episode_source(settings, split, num_tasks, Path(data_dir), config.get("protocol"))
     computed: dict[str, tuple[dict[str, Any], str]] = {}
     for mode in modes:
-        with train.precision_policy(bool(config.get("mixed_precision"))):
+        with runtime.precision_policy(bool(config.get("mixed_precision"))):
             per_task = score_chunks(model, settings, state, get_chunk, num_tasks, mode, chunk_size, progress)
         csv_name = f"eval_{mode}.csv"
         entry = summarise(per_task, settings, settings.eval_inner_steps, csv_name)
-        entry.update(info, eval_seed=EVAL_SEED, checkpoint_iteration=iteration)
+        machine = runtime.runtime_info()
+        entry.update(info, eval_seed=EVAL_SEED, checkpoint_iteration=iteration, conv_path=model.conv_path,
+                     onednn=machine["onednn"], cpu_class=machine["cpu_class"], cpu_model=machine["cpu_model"])
         computed[mode] = (entry, per_task_csv(per_task, settings))
 
     # Only now, with every mode computed, touch the run directory.

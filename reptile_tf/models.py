@@ -19,6 +19,12 @@ batch norm's mean subtraction, so it never changes an output and its true gradie
 (with Adam it would only random-walk on rounding noise). Parameter counts are therefore the
 official ones minus the conv biases (Omniglot 5-way 112,965; Mini-ImageNet 5-way 34,533).
 
+Conv stack: every formulation in `CONV_PATHS` computes the same function (tested). The fastest,
+"grouped" (tasks folded into the channels, one grouped convolution per layer), needs a gradient
+that only oneDNN and cuDNN provide; where it is missing `choose_conv_path` falls back to "split"
+(one convolution per task) and says so. The path a model runs is `Model.conv_path`, recorded
+in config.json, MLflow and the benchmark output.
+
 Mixed precision: `apply` computes in `compute_dtype` (default: the global Keras policy's
 compute dtype when the params are float32, else the params' dtype) and returns float32
 outputs (float64 if the params are float64), so losses are always computed in full precision.
@@ -29,11 +35,14 @@ prefer "mixed_bfloat16" (float16 gradients may underflow).
 from __future__ import annotations
 
 import math
+import os
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
 import tensorflow as tf
 
+from reptile_tf import runtime
 from reptile_tf.errors import UserError
 
 ARCHS = ("omniglot", "mini_imagenet", "sine")
@@ -71,6 +80,7 @@ class Model:
     num_outputs: int
     input_shape: tuple[int, ...]
     is_classifier: bool
+    conv_path: str | None = None  # CONV_PATHS name the conv stack runs (None: no convs)
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -102,12 +112,13 @@ def batched_conv3x3(x: tf.Tensor, kernel: tf.Tensor, stride: int = 1) -> tf.Tens
 
     x `[T, B, H, W, Cin]`, kernel `[T, 3, 3, Cin, Cout]` -> `[T, B, H', W', Cout]`; equals
     `tf.nn.conv2d(x[t], kernel[t], stride, 'SAME')` for every t, with no Python loop over tasks.
-    float32/16: one grouped convolution (`grouped_conv3x3`), the fast path on oneDNN and cuDNN.
-    float64 (gradient checks, theory): TF's CPU kernels have no grouped-conv gradient for it,
-    so the same function is computed as shifted slices + einsum (`sliced_conv3x3`); a test
-    checks that both agree to second order.
+    float32/16: one grouped convolution when this TensorFlow can differentiate it
+    (`runtime.grouped_conv_gradient_available`), else the sliced form. float64 (gradient checks,
+    theory): TF's CPU kernels have no grouped-conv gradient for it, so the same function is
+    computed as shifted slices + einsum (`sliced_conv3x3`); a test checks that both agree to
+    second order.
     """
-    if x.dtype == tf.float64:
+    if x.dtype == tf.float64 or not runtime.grouped_conv_gradient_available():
         return sliced_conv3x3(x, kernel, stride)
     return grouped_conv3x3(x, kernel, stride)
 
@@ -116,12 +127,26 @@ def folded_conv3x3(x: tf.Tensor, kernel: tf.Tensor, stride: int = 1) -> tf.Tenso
     """`batched_conv3x3` on the folded layout: ONE grouped `tf.nn.conv2d` with T groups.
 
     x `[B, H, W, T*Cin]` (see `fold_tasks`), kernel `[T, 3, 3, Cin, Cout]` -> `[B, H', W', T*Cout]`.
-    Profiled on the 2-core CPU it ran 3.4-3.9x faster per meta-iteration than `sliced_conv3x3`
-    (`benchmarks/compare_conv.py`).
+    Its gradient exists only on oneDNN (x86-64 with TF_ENABLE_ONEDNN_OPTS=1) and cuDNN; TF's
+    own CPU kernels refuse it ("Gradients for grouped convolutions are not supported on CPU").
     """
     cin = kernel.shape[-2]
     kernels = tf.reshape(tf.transpose(kernel, [1, 2, 3, 0, 4]), [3, 3, cin, -1])
     return tf.nn.conv2d(x, kernels, stride, "SAME")
+
+
+def split_conv3x3(x: tf.Tensor, kernel: tf.Tensor, stride: int = 1) -> tf.Tensor:
+    """`folded_conv3x3` as T ordinary convolutions, one per task's channel block, concatenated.
+
+    Same layout and function as the grouped form, built only from ops that every CPU kernel
+    set differentiates: the fallback where the grouped-conv gradient is missing. Needs a static
+    task count (the kernel's leading dimension).
+    """
+    tasks = kernel.shape[0]
+    if tasks is None:
+        raise ValueError("split_conv3x3 needs a static number of tasks (kernel.shape[0])")
+    inputs = tf.split(x, tasks, axis=-1)
+    return tf.concat([tf.nn.conv2d(inputs[t], kernel[t], stride, "SAME") for t in range(tasks)], axis=-1)
 
 
 def grouped_conv3x3(x: tf.Tensor, kernel: tf.Tensor, stride: int = 1) -> tf.Tensor:
@@ -186,7 +211,7 @@ def max_pool2x2(x: tf.Tensor) -> tf.Tensor:
 
     `tf.nn.max_pool2d` ran fwd+bwd 6.8x faster than a reshape + reduce_max on the Mini-ImageNet
     shapes (17.8 vs 120.8 ms, measured). Its gradient has no deterministic XLA kernel, which is
-    why `--xla` runs without op determinism (see `train.deterministic_runtime`).
+    why `--xla` runs without op determinism (see `runtime.deterministic_runtime`).
     """
     tasks, batch = tf.shape(x)[0], tf.shape(x)[1]
     folded = tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], axis=0))
@@ -261,30 +286,90 @@ def _conv_init(arch: str, num_outputs: int) -> Callable[..., Params]:
     return init
 
 
-def _conv_apply(arch: str, task_major_conv: Callable | None = None) -> Callable[..., tf.Tensor]:
-    """`apply` of the conv net `arch`.
+@dataclass(frozen=True)
+class ConvPath:
+    """One formulation of the per-task conv stack (all compute the same function).
 
-    Default: float32/16 run folded from end to end (`folded_conv3x3`, `folded_batch_norm`);
+    layout: "folded" (`[B, H, W, T*C]` end to end, fused batch norm, one transpose in and out) or
+        "task_major" (`[T, B, H, W, C]`, unfused `batch_norm`, `max_pool2x2`).
+    conv: the 3x3 convolution for that layout, (x, kernel `[T, 3, 3, Cin, Cout]`, stride) -> out.
+    needs_grouped_gradient: only usable where `runtime.grouped_conv_gradient_available()`.
+    """
+
+    layout: str
+    conv: Callable[..., tf.Tensor]
+    needs_grouped_gradient: bool
+    description: str
+
+
+CONV_PATHS: dict[str, ConvPath] = {
+    # Fastest where it exists: 1.23x (Omniglot) and 1.68x (Mini-ImageNet) the task-major layout
+    # per meta-iteration, oneDNN on, 2-core CPU (benchmarks/compare_conv.py).
+    "grouped": ConvPath("folded", folded_conv3x3, True, "folded layout, one grouped conv2d, fused batch norm"),
+    "split": ConvPath("folded", split_conv3x3, False, "folded layout, one conv2d per task, fused batch norm"),
+    "sliced": ConvPath("task_major", sliced_conv3x3, False, "task-major, shifted slices + einsum, unfused batch norm"),
+    "task_major_grouped": ConvPath("task_major", grouped_conv3x3, True,
+                                   "task-major, grouped conv2d per layer, unfused batch norm"),
+}
+FAST_CONV_PATH = "grouped"
+FALLBACK_CONV_PATH = "split"
+CONV_PATH_ENV = "REPTILE_TF_CONV_PATH"
+_ANNOUNCED_FALLBACK: list[bool] = []
+
+
+def available_conv_paths() -> list[str]:
+    """The CONV_PATHS this TensorFlow can differentiate here."""
+    grouped = runtime.grouped_conv_gradient_available()
+    return [name for name, spec in CONV_PATHS.items() if grouped or not spec.needs_grouped_gradient]
+
+
+def choose_conv_path(requested: str | None = None) -> str:
+    """The conv-stack formulation to run: `requested`, else $REPTILE_TF_CONV_PATH, else the fastest
+    one this TensorFlow can differentiate here (says so once per process when it falls back)."""
+    from_env = requested is None and bool(os.environ.get(CONV_PATH_ENV))
+    requested = requested or os.environ.get(CONV_PATH_ENV) or None
+    if requested is not None:
+        origin = f"${CONV_PATH_ENV}" if from_env else "conv_path"
+        if requested not in CONV_PATHS:
+            raise UserError(f"unknown conv path {requested!r} ({origin}); choose one of {', '.join(CONV_PATHS)}")
+        if CONV_PATHS[requested].needs_grouped_gradient and not runtime.grouped_conv_gradient_available():
+            raise UserError(f"conv path {requested!r} ({origin}) needs the grouped-convolution gradient, which "
+                            f"this TensorFlow lacks here (oneDNN {'on' if runtime.onednn_enabled() else 'off'}); "
+                            f"use {FALLBACK_CONV_PATH!r}, or unset TF_ENABLE_ONEDNN_OPTS on x86-64")
+        return requested
+    if runtime.grouped_conv_gradient_available():
+        return FAST_CONV_PATH
+    if not _ANNOUNCED_FALLBACK:
+        _ANNOUNCED_FALLBACK.append(True)
+        print(f"reptile-tf: this TensorFlow cannot differentiate a grouped convolution here (oneDNN "
+              f"{'on' if runtime.onednn_enabled() else 'off'}); conv path {FALLBACK_CONV_PATH!r} "
+              f"({CONV_PATHS[FALLBACK_CONV_PATH].description}): same function, slower", file=sys.stderr)
+    return FALLBACK_CONV_PATH
+
+
+def _conv_apply(arch: str, path: str) -> Callable[..., tf.Tensor]:
+    """`apply` of the conv net `arch` with the conv-stack formulation `path` (CONV_PATHS).
+
     float64 (gradient checks, theory) has no grouped-conv gradient or fused batch norm on CPU
-    and runs task-major (`sliced_conv3x3`, `batch_norm`). `task_major_conv` forces the
-    task-major layout with that conv in every dtype (`benchmarks/compare_conv.py`).
+    and always runs task-major with `sliced_conv3x3` and `batch_norm`.
     """
     input_shape, filters, stride, pool = _CONV_SPECS[arch]
-    conv = task_major_conv or sliced_conv3x3
+    spec = CONV_PATHS[path]
 
     def apply(params: Params, x: tf.Tensor, compute_dtype=None) -> tf.Tensor:
         dtype = _compute_dtype(params, compute_dtype)
         weights = _cast_params(params, dtype)
         out = tf.cast(tf.reshape(x, tf.concat([tf.shape(x)[:2], input_shape], axis=0)), dtype)
         out.set_shape([None, None, *input_shape])
-        folded = task_major_conv is None and dtype != tf.float64
+        folded = spec.layout == "folded" and dtype != tf.float64
+        conv = spec.conv if dtype != tf.float64 else sliced_conv3x3
         if folded:
             out = fold_tasks(out)
         for block in range(_CONV_BLOCKS):
             kernel = weights[f"conv{block}/kernel"]
             if folded:
                 # scale/offset from the float32 params: the fused kernel wants float32 ones.
-                out = folded_batch_norm(folded_conv3x3(out, kernel, stride), params[f"bn{block}/scale"],
+                out = folded_batch_norm(conv(out, kernel, stride), params[f"bn{block}/scale"],
                                         params[f"bn{block}/offset"])
                 if pool:
                     out = tf.nn.max_pool2d(out, 2, 2, "SAME")
@@ -362,8 +447,11 @@ def regression_accuracy(outputs: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
 # ----------------------------------------------------------------------------- public API
 
 
-def get_model(arch: str, num_outputs: int) -> Model:
-    """The network for `arch` ("omniglot", "mini_imagenet" or "sine") with `num_outputs` outputs."""
+def get_model(arch: str, num_outputs: int, conv_path: str | None = None) -> Model:
+    """The network for `arch` ("omniglot", "mini_imagenet" or "sine") with `num_outputs` outputs.
+
+    `conv_path` (conv nets): a name of CONV_PATHS; default `choose_conv_path()`.
+    """
     if arch not in ARCHS:
         raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     if int(num_outputs) < 1:
@@ -371,10 +459,11 @@ def get_model(arch: str, num_outputs: int) -> Model:
     num_outputs = int(num_outputs)
     if arch == "sine":
         return Model(init=_mlp_init(num_outputs), apply=_mlp_apply, loss=mse_loss, accuracy=regression_accuracy,
-                     arch=arch, num_outputs=num_outputs, input_shape=(1,), is_classifier=False)
-    return Model(init=_conv_init(arch, num_outputs), apply=_conv_apply(arch), loss=cross_entropy_loss,
+                     arch=arch, num_outputs=num_outputs, input_shape=(1,), is_classifier=False, conv_path=None)
+    path = choose_conv_path(conv_path)
+    return Model(init=_conv_init(arch, num_outputs), apply=_conv_apply(arch, path), loss=cross_entropy_loss,
                  accuracy=classification_accuracy, arch=arch, num_outputs=num_outputs,
-                 input_shape=_CONV_SPECS[arch][0], is_classifier=True)
+                 input_shape=_CONV_SPECS[arch][0], is_classifier=True, conv_path=path)
 
 
 def count_params(params: Params) -> int:

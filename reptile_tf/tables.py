@@ -40,6 +40,14 @@ TABLES = {
 KEY_COLUMNS = ("dataset", "method", "ways", "shots")
 # Derived columns (functions of the compared ones) are shown by `diff` but never compared.
 DERIVED_COLUMNS = ("difference", "published_inside")
+# Measurements: compared by --tolerance, or (ours_mean) by the paired test with --paired, where
+# ours_ci95 (an estimate of the noise itself) is not compared. Every other column is compared
+# exactly (text) or within the tolerance (numbers).
+MEASURED_COLUMNS = ("ours_mean", "ours_ci95")
+# The per-task accuracies behind a table: `<table stem>_tasks.csv` (see `tasks_path`).
+TASKS_SUFFIX = "_tasks"
+TASK_COLUMNS = ("dataset", "method", "ways", "shots", "seed", "task", "accuracy")
+DEFAULT_ALPHA = 0.001
 CSV_COLUMNS = (
     "dataset", "method", "algorithm", "transductive", "ways", "shots", "setting",
     "ours_mean", "ours_ci95", "seeds", "tasks_per_seed", "interval_basis",
@@ -256,6 +264,40 @@ def aggregate(runs: Iterable[RunRecord]) -> "pandas.DataFrame":  # noqa: F821
     return frame.reset_index(drop=True)
 
 
+def tasks_path(table_csv: str | Path) -> Path:
+    """Where the per-task accuracies behind a table CSV live: `<stem>_tasks.csv` beside it."""
+    table_csv = Path(table_csv)
+    return table_csv.with_name(f"{table_csv.stem}{TASKS_SUFFIX}.csv")
+
+
+def per_task_frame(runs: Iterable[RunRecord]) -> "pandas.DataFrame":  # noqa: F821
+    """Every evaluation task's accuracy (%) behind the table cells: TASK_COLUMNS, one row per
+    (cell, seed, task), read from each run's `eval_<mode>.csv`. The evaluation episodes are fixed
+    (`evaluate.EVAL_SEED`), so task i is the same episode in every run and on every machine:
+    what makes the paired test of `diff --paired` possible."""
+    import pandas as pd
+
+    frames = []
+    for run in runs:
+        for mode in EVAL_MODES:
+            result = run.evaluation.get(mode)
+            if not result:
+                continue
+            path = run.path / str(result.get("per_task_csv") or f"eval_{mode}.csv")
+            if not path.is_file():
+                raise UserError(f"{path} is missing (eval.json names it); re-run `reptile-tf evaluate {run.path}`")
+            tasks = pd.read_csv(path)
+            if list(tasks.columns) != ["task", "accuracy"]:
+                raise UserError(f"{path} has columns {list(tasks.columns)}, expected ['task', 'accuracy']; "
+                                f"re-run `reptile-tf evaluate {run.path}`")
+            frames.append(tasks.assign(dataset=run.dataset, method=method_label(run.algorithm, mode == "transductive"),
+                                       ways=run.ways, shots=run.shots, seed=run.seed))
+    if not frames:
+        return pd.DataFrame(columns=list(TASK_COLUMNS))
+    frame = pd.concat(frames, ignore_index=True)[list(TASK_COLUMNS)]
+    return frame.sort_values(list(TASK_COLUMNS[:-1])).reset_index(drop=True)
+
+
 def _format_cell(row: Any) -> str:
     ours = f"{row.ours_mean:.2f} ± {row.ours_ci95:.2f}"
     if math.isnan(row.published_mean):
@@ -379,7 +421,8 @@ def build_tables(runs_root: str | Path, out_dir: str | Path, command: str | None
             continue
         write_text_atomic(out_dir / f"{stem}.md", render_markdown(frame, dataset, command))
         write_csv_atomic(sub, out_dir / f"{stem}.csv")
-        written += [out_dir / f"{stem}.md", out_dir / f"{stem}.csv"]
+        write_csv_atomic(per_task_frame([r for r in evaluated if r.dataset == dataset]), tasks_path(out_dir / f"{stem}.csv"))
+        written += [out_dir / f"{stem}.md", out_dir / f"{stem}.csv", tasks_path(out_dir / f"{stem}.csv")]
     for dataset, ways, shots in sorted({(r.dataset, r.ways, r.shots) for r in runs if r.dataset in TABLES}):
         png = out_dir / f"learning_curves_{dataset}_{ways}w{shots}s.png"
         if plot_learning_curves(runs, dataset, ways, shots, png):
@@ -391,12 +434,27 @@ def build_tables(runs_root: str | Path, out_dir: str | Path, command: str | None
 # Diff
 
 
+PAIRED_TEST_METHOD = (
+    "Paired test (`tables diff --paired`): the evaluation episodes are fixed (same tasks, same support and "
+    "query images on every run and machine), so each cell is compared task by task. For a cell with "
+    "per-task accuracies a_i (reference) and b_i (new), d_i = b_i - a_i over the n tasks (x seeds) both "
+    "sides hold; a two-sided paired t-test (scipy.stats.ttest_rel) asks whether mean(d) = 0. The cells "
+    "of one comparison are tested together with Holm's step-down correction at family-wise level "
+    "alpha (default {alpha:g}): a cell has moved only when its difference is larger than the task "
+    "sampling noise explains at that level. A cell whose task lists differ cannot be paired and "
+    "counts as moved."
+)
+
+
 @dataclass(frozen=True)
 class TableDiff:
-    changes: "pandas.DataFrame"  # one row per compared cell that changed at all  # noqa: F821
+    # one row per compared cell that changed at all: KEY_COLUMNS, column, old, new, delta,
+    # p_value (paired test only), beyond
+    changes: "pandas.DataFrame"  # noqa: F821
     added: list[tuple]
     removed: list[tuple]
     tolerance: float
+    alpha: float | None = None  # paired mode: family-wise level of the paired tests
 
     @property
     def beyond_tolerance(self) -> "pandas.DataFrame":  # noqa: F821
@@ -407,73 +465,153 @@ class TableDiff:
         return bool(self.added or self.removed or len(self.beyond_tolerance))
 
 
-def read_table_csv(path: str | Path) -> "pandas.DataFrame":  # noqa: F821
+def read_table_csv(path: str | Path, columns: tuple[str, ...] = KEY_COLUMNS, what: str = "table CSV") -> "pandas.DataFrame":  # noqa: F821
     import pandas as pd
 
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, not a {what}; pass the CSV file inside it "
+                        "(e.g. results/smoke/table2_omniglot.csv)")
     if not path.is_file():
-        raise UserError(f"table CSV {path} does not exist; generate it with `reptile-tf tables`")
+        raise UserError(f"{what} {path} does not exist; generate it with `reptile-tf tables`")
     try:
         frame = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} is not a readable CSV ({err}); pass a table written by `reptile-tf tables`") from None
-    missing = [c for c in KEY_COLUMNS if c not in frame.columns]
+        raise UserError(f"{path} is not a readable CSV ({err}); pass a {what} written by `reptile-tf tables`") from None
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise UserError(f"{path} lacks key column(s) {missing}; pass a table CSV written by `reptile-tf tables`")
-    if frame.duplicated(list(KEY_COLUMNS)).any():
-        raise UserError(f"{path} has duplicate rows for the same {list(KEY_COLUMNS)}; regenerate it")
+        raise UserError(f"{path} lacks column(s) {missing}; pass a {what} written by `reptile-tf tables`")
+    if frame.duplicated(list(columns if columns != TASK_COLUMNS else TASK_COLUMNS[:-1])).any():
+        raise UserError(f"{path} has duplicate rows for the same {list(columns)}; regenerate it")
     return frame
 
 
-def compared_columns(old: "pandas.DataFrame", new: "pandas.DataFrame") -> list[str]:  # noqa: F821
-    """Numeric measurement columns present in either table (keys and derived columns excluded)."""
-    import pandas as pd
+def read_tasks_csv(table_csv: str | Path) -> "pandas.DataFrame":  # noqa: F821
+    """The per-task accuracies beside a table CSV (`tasks_path`), for `diff --paired`."""
+    path = tasks_path(table_csv)
+    if not path.is_file():
+        raise UserError(f"{path} (the per-task accuracies behind {table_csv}) does not exist, so the paired test "
+                        "cannot run; regenerate the table with `reptile-tf tables`, or compare with --tolerance")
+    return read_table_csv(path, TASK_COLUMNS, "per-task CSV")
 
-    columns = []
+
+def compared_columns(old: "pandas.DataFrame", new: "pandas.DataFrame") -> list[str]:  # noqa: F821
+    """Every column of either table except the keys and the derived columns, in order."""
+    columns: list[str] = []
     for frame in (old, new):
-        for column in frame.columns:
-            if column in KEY_COLUMNS or column in DERIVED_COLUMNS or column in columns:
-                continue
-            series = frame[column]
-            if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
-                columns.append(column)
+        columns += [c for c in frame.columns if c not in KEY_COLUMNS and c not in DERIVED_COLUMNS and c not in columns]
     return columns
 
 
-def diff_tables(old: "pandas.DataFrame", new: "pandas.DataFrame", tolerance: float) -> TableDiff:  # noqa: F821
-    """Compare two table frames cell by cell, matching rows on KEY_COLUMNS.
+def _is_number_column(frame: "pandas.DataFrame", column: str) -> bool:  # noqa: F821
+    import pandas as pd
 
-    A cell is beyond tolerance when |new - old| > tolerance, or when it is present (non-NaN)
-    on one side only. A column present on one side only counts as every cell changed.
+    if column not in frame.columns:
+        return True  # judged by the other side
+    series = frame[column]
+    return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return str(value)
+
+
+def paired_tests(old_tasks: "pandas.DataFrame", new_tasks: "pandas.DataFrame",  # noqa: F821
+                 keys: list[tuple], alpha: float) -> list[dict[str, Any]]:
+    """One row per cell in `keys`: old/new mean over the paired tasks, delta, p-value, and whether
+    the cell moved under Holm's correction at family-wise level `alpha` (PAIRED_TEST_METHOD)."""
+    from scipy import stats
+
+    key_columns = list(KEY_COLUMNS)
+    index = ["seed", "task"]
+    groups_old = {k: g for k, g in old_tasks.groupby(key_columns)}
+    groups_new = {k: g for k, g in new_tasks.groupby(key_columns)}
+    rows = []
+    for key in keys:
+        old_cell, new_cell = groups_old.get(key), groups_new.get(key)
+        row = {**dict(zip(key_columns, key)), "column": "ours_mean (paired test)"}
+        if old_cell is None or new_cell is None:
+            rows.append({**row, "old": math.nan, "new": math.nan, "delta": math.nan, "p_value": 0.0,
+                         "note": "per-task accuracies missing on one side"})
+            continue
+        a = old_cell.set_index(index)["accuracy"].sort_index()
+        b = new_cell.set_index(index)["accuracy"].sort_index()
+        if not a.index.equals(b.index):
+            rows.append({**row, "old": a.mean(), "new": b.mean(), "delta": b.mean() - a.mean(), "p_value": 0.0,
+                         "note": f"different evaluation tasks ({len(a)} vs {len(b)}): cannot be paired"})
+            continue
+        d = (b - a).to_numpy(dtype=float)
+        if not d.any():
+            p_value = 1.0
+        elif d.std() == 0:
+            p_value = 0.0  # every task moved by the same amount
+        else:
+            p_value = float(stats.ttest_rel(b.to_numpy(dtype=float), a.to_numpy(dtype=float)).pvalue)
+        rows.append({**row, "old": float(a.mean()), "new": float(b.mean()), "delta": float(d.mean()),
+                     "p_value": p_value, "note": f"{len(d)} paired tasks"})
+    # Holm's step-down: the i-th smallest p-value (0-based) is compared with alpha / (m - i).
+    order = sorted(range(len(rows)), key=lambda i: rows[i]["p_value"])
+    rejecting = True
+    for rank, i in enumerate(order):
+        rejecting = rejecting and rows[i]["p_value"] <= alpha / (len(rows) - rank)
+        rows[i]["beyond"] = rejecting
+    return rows
+
+
+def diff_tables(old: "pandas.DataFrame", new: "pandas.DataFrame", tolerance: float = 0.0,  # noqa: F821
+                old_tasks: "pandas.DataFrame | None" = None, new_tasks: "pandas.DataFrame | None" = None,  # noqa: F821
+                alpha: float | None = None) -> TableDiff:
+    """Compare two table frames column by column, matching rows on KEY_COLUMNS.
+
+    Text columns must be equal. Number columns move when |new - old| > tolerance or when present
+    (non-NaN) on one side only; a column present on one side only counts as every cell changed.
+    With `alpha` (and the per-task frames), the measurement `ours_mean` is judged by the paired
+    test instead (PAIRED_TEST_METHOD) and `ours_ci95` is not compared.
     """
     import pandas as pd
 
     if tolerance < 0 or math.isnan(tolerance):
         raise UserError(f"--tolerance must be >= 0 (got {tolerance})")
+    paired = alpha is not None
+    if paired and not 0 < alpha < 1:
+        raise UserError(f"--alpha must be between 0 and 1 (got {alpha})")
     keys = list(KEY_COLUMNS)
     old_keys = set(map(tuple, old[keys].itertuples(index=False)))
     new_keys = set(map(tuple, new[keys].itertuples(index=False)))
     merged = old.merge(new, on=keys, how="inner", suffixes=("_old", "_new"))
     rows = []
     for column in compared_columns(old, new):
-        old_values = merged[f"{column}_old"] if f"{column}_old" in merged else merged.get(column)
-        new_values = merged[f"{column}_new"] if f"{column}_new" in merged else merged.get(column)
-        if column not in old.columns:
-            old_values = pd.Series([math.nan] * len(merged))
-        if column not in new.columns:
-            new_values = pd.Series([math.nan] * len(merged))
+        if paired and column in MEASURED_COLUMNS:
+            continue
+        numeric = _is_number_column(old, column) and _is_number_column(new, column)
         for i in range(len(merged)):
-            a, b = _as_float(old_values.iloc[i]), _as_float(new_values.iloc[i])
-            if math.isnan(a) and math.isnan(b):
-                continue
-            delta = b - a
-            if delta == 0:
-                continue
-            beyond = math.isnan(delta) or abs(delta) > tolerance
-            rows.append({**{k: merged[k].iloc[i] for k in keys}, "column": column, "old": a, "new": b,
-                         "delta": delta, "beyond": beyond})
-    changes = pd.DataFrame(rows, columns=keys + ["column", "old", "new", "delta", "beyond"])
-    return TableDiff(changes, sorted(new_keys - old_keys, key=str), sorted(old_keys - new_keys, key=str), tolerance)
+            a = merged[f"{column}_old"].iloc[i] if column in old.columns else math.nan
+            b = merged[f"{column}_new"].iloc[i] if column in new.columns else math.nan
+            key = {k: merged[k].iloc[i] for k in keys}
+            if numeric:
+                a, b = _as_float(a), _as_float(b)
+                if math.isnan(a) and math.isnan(b):
+                    continue
+                delta = b - a
+                if delta == 0:
+                    continue
+                beyond = math.isnan(delta) or abs(delta) > tolerance
+                rows.append({**key, "column": column, "old": a, "new": b, "delta": delta, "p_value": math.nan,
+                             "beyond": beyond, "note": ""})
+            elif _as_text(a) != _as_text(b):
+                rows.append({**key, "column": column, "old": _as_text(a), "new": _as_text(b), "delta": math.nan,
+                             "p_value": math.nan, "beyond": True, "note": "text differs"})
+    if paired:
+        if old_tasks is None or new_tasks is None:
+            raise ValueError("the paired test needs the per-task frames of both tables")
+        common = sorted(old_keys & new_keys, key=str)
+        rows += paired_tests(old_tasks, new_tasks, common, alpha)
+    columns = keys + ["column", "old", "new", "delta", "p_value", "beyond", "note"]
+    changes = pd.DataFrame(rows, columns=columns)
+    return TableDiff(changes, sorted(new_keys - old_keys, key=str), sorted(old_keys - new_keys, key=str),
+                     tolerance, alpha)
 
 
 def _as_float(value: Any) -> float:
@@ -483,29 +621,42 @@ def _as_float(value: Any) -> float:
         return math.nan
 
 
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
 def format_diff(result: TableDiff) -> str:
-    """A human-readable report: changed cells (marked when beyond tolerance), added/removed rows."""
+    """A human-readable report: changed cells ('!' = moved), added/removed rows, a verdict."""
+    import pandas as pd
+
     lines = []
+    criterion = (f"paired t-test, Holm family-wise alpha {result.alpha:g}; other numbers within {result.tolerance:g}"
+                 if result.alpha is not None else f"tolerance {result.tolerance:g}")
     if len(result.changes):
-        lines.append(f"changed cells (tolerance {result.tolerance:g}; '!' = beyond tolerance):")
-        header = ["", *KEY_COLUMNS, "column", "old", "new", "delta"]
-        table = [header]
-        for row in result.changes.itertuples(index=False):
-            table.append(["!" if row.beyond else " ", *(str(getattr(row, k)) for k in KEY_COLUMNS), row.column,
-                          f"{row.old:.4f}", f"{row.new:.4f}", f"{row.delta:+.4f}"])
-        widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-        for r in table:
-            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        shown = result.changes.copy()
+        shown.insert(0, "moved", ["!" if b else "" for b in shown["beyond"]])
+        shown = shown.drop(columns=["beyond"])
+        if result.alpha is None:
+            shown = shown.drop(columns=["p_value"])
+        else:
+            shown["p_value"] = [("" if math.isnan(p) else f"{p:.2g}") for p in shown["p_value"]]
+        for column in ("old", "new"):
+            shown[column] = [_show(v) for v in shown[column]]
+        shown["delta"] = ["" if math.isnan(v) else f"{v:+.4f}" for v in shown["delta"].astype(float)]
+        lines.append(f"compared cells ({criterion}; '!' = moved):")
+        lines.append(pd.DataFrame(shown).to_string(index=False))
     for label, keys in (("rows only in NEW (appeared)", result.added), ("rows only in OLD (disappeared)", result.removed)):
         if keys:
             lines.append(f"{label}:")
             lines += ["  " + ", ".join(f"{k}={v}" for k, v in zip(KEY_COLUMNS, key)) for key in keys]
     beyond = len(result.beyond_tolerance)
     if result.failed:
-        lines.append(f"DIFFERENT: {beyond} cell(s) beyond tolerance {result.tolerance:g}, "
+        lines.append(f"DIFFERENT: {beyond} cell(s) moved ({criterion}), "
                      f"{len(result.added)} row(s) appeared, {len(result.removed)} disappeared")
     else:
-        lines.append(f"SAME within tolerance {result.tolerance:g} ({len(result.changes)} cell(s) moved within it)")
+        lines.append(f"SAME ({criterion}; {len(result.changes)} cell(s) differ within it)")
     return "\n".join(lines)
 
 
@@ -517,18 +668,31 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", help="directory holding run directories, e.g. runs/quick")
     parser.add_argument("--out", help="output directory for tables and figures, e.g. results/quick")
     sub = parser.add_subparsers(dest="tables_command", metavar="diff")
-    diff = sub.add_parser("diff", help="compare two table CSVs cell by cell (exit 1 when they differ)",
-                          description="Compare two table CSVs cell by cell; exit 1 when a cell moved beyond "
-                                      "the tolerance or a row appeared or disappeared, 0 otherwise.")
+    diff = sub.add_parser(
+        "diff", help="compare two table CSVs cell by cell (exit 1 when they differ)",
+        description="Compare two table CSVs cell by cell; exit 1 when a cell moved or a row appeared or "
+                    "disappeared, 0 otherwise. Default: exact same-machine check (--tolerance). With --paired: "
+                    "a cell moved only when a paired t-test on its per-task accuracies (`<table>_tasks.csv` "
+                    "beside each table) rejects 'no change' at family-wise level --alpha (Holm): the check "
+                    "that holds across machines, whose floating-point results legitimately differ.")
     diff.add_argument("old", help="reference table CSV")
     diff.add_argument("new", help="fresh table CSV")
     diff.add_argument("--tolerance", type=float, default=0.0,
-                      help="largest allowed absolute change of a cell, in the table's units (default 0)")
+                      help="largest allowed absolute change of a number, in the table's units (default 0)")
+    diff.add_argument("--paired", action="store_true",
+                      help="judge our accuracies by the paired test on per-task accuracies instead of --tolerance")
+    diff.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                      help=f"family-wise level of the paired tests (default {DEFAULT_ALPHA:g})")
 
 
 def main(args: argparse.Namespace) -> int:
     if getattr(args, "tables_command", None) == "diff":
-        result = diff_tables(read_table_csv(args.old), read_table_csv(args.new), args.tolerance)
+        old, new = read_table_csv(args.old), read_table_csv(args.new)
+        if args.paired:
+            result = diff_tables(old, new, args.tolerance, read_tasks_csv(args.old), read_tasks_csv(args.new),
+                                 args.alpha)
+        else:
+            result = diff_tables(old, new, args.tolerance)
         print(format_diff(result))
         return 1 if result.failed else 0
     if not args.runs or not args.out:

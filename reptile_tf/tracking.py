@@ -119,6 +119,10 @@ def run_tags(run: RunRecord, experiment: str) -> dict[str, str]:
         "data_digest": data.get("digest") or run.config.get("data_digest"),
         "tensorflow_version": environment.get("tensorflow") or run.config.get("tensorflow_version"),
         "device": environment.get("device") or run.config.get("device"),
+        "conv_path": environment.get("conv_path"),
+        "onednn": environment.get("onednn"),
+        "cpu_class": environment.get("cpu_class"),
+        "cpu_model": environment.get("cpu_model"),
         "run_dir": str(run.path.resolve()),
     }
     return {k: str(v) for k, v in values.items() if v is not None}

@@ -15,7 +15,6 @@ sees exactly the tasks an uninterrupted run would.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -62,6 +61,7 @@ class RunOptions:
     val_every: int = 0  # 0 = no periodic validation
     val_tasks: int = 100
     protocol: str = "reptile"  # Omniglot split protocol (ignored for other datasets)
+    keep_checkpoints: int = 3  # checkpoints kept on disk (1: only the latest, for committed runs)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -75,28 +75,6 @@ def _flag_type(annotation: Any) -> Any:
     """`float | None` -> float; plain types unchanged."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     return args[0] if args else annotation
-
-
-def deterministic_runtime(xla: bool = False) -> bool:
-    """Same command, same numbers on CPU: deterministic kernels and one inter-op thread.
-
-    Op determinism alone was not enough: two identical MAML runs diverged from iteration 4
-    with TF's default inter-op thread pool (measured); with one inter-op thread they agree.
-    Intra-op parallelism (inside a matmul/conv) stays on. The thread pool can only be set
-    before TensorFlow initialises, so a process that already ran ops keeps its pool.
-    Under XLA, op determinism is left off: TF refuses to compile MaxPoolGrad with it
-    ("no deterministic XLA implementation"). Returns whether op determinism is on.
-    """
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:
-        pass
-    if xla:
-        return False
-    tf.config.experimental.enable_op_determinism()
-    return True
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -115,6 +93,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mixed-precision", action="store_true",
                         help="compute in bfloat16 (float32 parameters and updates; recorded in config.json)")
     parser.add_argument("--checkpoint-every", type=int, default=1000, metavar="N")
+    parser.add_argument("--keep-checkpoints", type=int, default=3, metavar="N",
+                        help="checkpoints kept on disk, newest first (default: 3; 1 keeps only the latest, "
+                             "for run directories committed to git)")
     parser.add_argument("--log-every", type=int, default=100, metavar="N")
     parser.add_argument("--val-every", type=int, default=None, metavar="N",
                         help="validation accuracy every N iterations (default: iterations/10; 0 = off)")
@@ -217,16 +198,13 @@ def git_commit() -> str | None:
     return commit + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
 
 
-def environment_info() -> dict[str, Any]:
-    import tensorflow as tf
+def environment_info(model: Any = None) -> dict[str, Any]:
+    """Where and how the run executes: commit, Python, TensorFlow, device, CPU model and flags,
+    the real oneDNN state and the conv path (`runtime.runtime_info`). May change on resume."""
+    from reptile_tf import runtime
 
-    gpus = tf.config.list_logical_devices("GPU")
-    return {
-        "git_commit": git_commit(),
-        "tensorflow": tf.__version__,
-        "python": sys.version.split()[0],
-        "device": gpus[0].name if gpus else "CPU",
-    }
+    return {"git_commit": git_commit(), "python": sys.version.split()[0], **runtime.runtime_info(),
+            "conv_path": getattr(model, "conv_path", None)}
 
 
 def build_config(settings: Settings, seed: int, options: RunOptions, data_info: dict[str, Any],
@@ -283,6 +261,26 @@ def prepare_run_dir(run_dir: Path, config: dict[str, Any]) -> None:
                 "the original arguments to resume it.")
         return
     run_dir.mkdir(parents=True, exist_ok=True)
+    io.write_json_atomic(config_path, config)
+
+
+# What identifies the machine and code a stretch of training ran on (config.json "environment").
+RESUME_KEYS = ("git_commit", "cpu_model", "cpu_class", "onednn", "conv_path", "device", "tensorflow")
+
+
+def record_resume(run_dir: Path, iteration: int, environment: dict[str, Any]) -> None:
+    """A run resumed from `iteration` on another machine or commit: append where, so a result
+    that was trained in several stretches says which machines produced it."""
+    config_path = run_dir / CONFIG_FILE
+    config = io.read_json(config_path)
+    recorded = config.get(ENVIRONMENT_KEY) or {}
+    history = recorded.get("resumed", [])
+    latest = history[-1] if history else recorded
+    here = {key: environment.get(key) for key in RESUME_KEYS}
+    if all(latest.get(key) == value for key, value in here.items()):
+        return
+    recorded["resumed"] = history + [dict(here, from_iteration=iteration)]
+    config[ENVIRONMENT_KEY] = recorded
     io.write_json_atomic(config_path, config)
 
 
@@ -499,10 +497,10 @@ def make_variables(state: Any, seed: int) -> TrainingVariables:
                              seed=tf.Variable(seed, dtype=tf.int64, trainable=False))
 
 
-def checkpoint_manager(variables: TrainingVariables, run_dir: Path):
+def checkpoint_manager(variables: TrainingVariables, run_dir: Path, keep: int = 3):
     import tensorflow as tf
 
-    return tf.train.CheckpointManager(variables.checkpoint(), str(run_dir / CHECKPOINT_DIR), max_to_keep=3)
+    return tf.train.CheckpointManager(variables.checkpoint(), str(run_dir / CHECKPOINT_DIR), max_to_keep=keep)
 
 
 def restore_checkpoint(variables: TrainingVariables, path: str, run_dir: Path) -> None:
@@ -548,26 +546,6 @@ def settings_from_config(config: dict[str, Any]) -> Settings:
         return Settings(**{k: v for k, v in config.items() if k in names})
     except TypeError as err:
         raise UserError(f"config.json does not describe a complete run ({err}); re-run reptile-tf train") from None
-
-
-@contextlib.contextmanager
-def precision_policy(mixed: bool):
-    """With `mixed`, compute in bfloat16 (float32 params, losses and updates) inside the block.
-
-    The models take their compute dtype from the global Keras policy; bfloat16 keeps float32's
-    exponent range, so no loss scaling is needed (unlike float16).
-    """
-    if not mixed:
-        yield
-        return
-    import tensorflow as tf
-
-    previous = tf.keras.mixed_precision.global_policy()
-    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        yield
-    finally:
-        tf.keras.mixed_precision.set_global_policy(previous)
 
 
 # ----------------------------------------------------------------------- the step
@@ -623,16 +601,19 @@ def train(settings: Settings, seed: int, run_dir: Path, options: RunOptions = Ru
     import tensorflow as tf
 
     validate_settings(settings)
-    for name in ("checkpoint_every", "log_every"):
+    for name in ("checkpoint_every", "log_every", "keep_checkpoints"):
         if getattr(options, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if options.val_every < 0 or options.val_tasks < 1:
         raise UserError("--val-every must be >= 0 and --val-tasks >= 1")
-    deterministic_runtime(options.xla)
+    from reptile_tf import runtime
+
+    runtime.deterministic_runtime(options.xla)
     run_dir = Path(run_dir)
+    model = build_model(settings)
 
     source = make_task_source(settings, data_dir, options.protocol, train_images)
-    environment = dict(environment_info(),
+    environment = dict(environment_info(model),
                        data_dir=None if settings.dataset == "sine" else str(Path(data_dir or DEFAULT_DATA_DIR).resolve()))
     config = build_config(settings, seed, options, source.info, environment)
     prepare_run_dir(run_dir, config)
@@ -640,9 +621,8 @@ def train(settings: Settings, seed: int, run_dir: Path, options: RunOptions = Ru
         print(f"reptile-tf train: {run_dir} is already complete (DONE exists)", file=sys.stderr)
         return run_dir
 
-    model = build_model(settings)
     variables = make_variables(initial_state(model, settings, seed), seed)
-    manager = checkpoint_manager(variables, run_dir)
+    manager = checkpoint_manager(variables, run_dir, options.keep_checkpoints)
     if manager.latest_checkpoint:
         restore_checkpoint(variables, manager.latest_checkpoint, run_dir)
         if int(variables.seed.numpy()) != seed:
@@ -650,8 +630,10 @@ def train(settings: Settings, seed: int, run_dir: Path, options: RunOptions = Ru
                             "use a new --out")
     start = int(variables.iteration.numpy())
     trim_metrics(run_dir / METRICS_FILE, start)
+    if start > 0:
+        record_resume(run_dir, start, environment)
 
-    with precision_policy(options.mixed_precision):
+    with runtime.precision_policy(options.mixed_precision):
         _train_loop(settings, model, variables, manager, source, options, seed, start, run_dir, progress)
     io.write_text_atomic(run_dir / DONE_FILE, f"{settings.iterations}\n")
     return run_dir
@@ -697,7 +679,7 @@ def options_from_args(args: argparse.Namespace, settings: Settings) -> RunOption
     val_every = args.val_every if args.val_every is not None else max(1, settings.iterations // 10)
     return RunOptions(xla=args.xla, mixed_precision=args.mixed_precision, checkpoint_every=args.checkpoint_every,
                       log_every=args.log_every, val_every=val_every, val_tasks=args.val_tasks,
-                      protocol=args.protocol)
+                      protocol=args.protocol, keep_checkpoints=args.keep_checkpoints)
 
 
 def main(args: argparse.Namespace) -> int:

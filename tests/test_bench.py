@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 
-from reptile_tf import bench, cli
+from reptile_tf import bench, cli, models
 from reptile_tf.errors import UserError
 from reptile_tf.settings import paper_settings
 
@@ -51,13 +51,14 @@ def test_cli_tiny_run_writes_csv_and_readme(tmp_path):
     with open(out / "profile.csv", newline="") as handle:
         profile = list(csv.DictReader(handle))
     assert set(profile[0]) == {"dataset", "ways", "tasks", "batch", "op", "ms", "gflop", "gflops_per_s"}
-    # Every conv layer is timed four ways: the model's folded grouped conv, the sliced alternative,
-    # tf.nn.conv2d per task and with a shared kernel; then its batch norm, fused and unfused.
+    # Every conv layer is timed by each conv path available here (the model's marked), tf.nn.conv2d
+    # per task and with a shared kernel; then its batch norm, fused and unfused.
     ops = [p["op"] for p in profile]
+    model_path = models.choose_conv_path()
+    paths = [f"conv path {name}" + (" (model)" if name == model_path else "") for name in models.available_conv_paths()]
     for layer in ("conv1", "conv2", "conv3", "conv4"):
         assert [op.removeprefix(f"{layer} fwd+bwd ") for op in ops if op.startswith(f"{layer} ")] == [
-            "folded_conv3x3 (model)", "sliced_conv3x3 (shifted slices + einsum)",
-            "tf.nn.conv2d per task (unrolled)", "tf.nn.conv2d (shared kernel)"]
+            *paths, "tf.nn.conv2d per task (unrolled)", "tf.nn.conv2d (shared kernel)"]
     assert all(float(p["ms"]) > 0 and float(p["gflop"]) > 0 for p in profile)
 
 

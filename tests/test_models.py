@@ -10,15 +10,28 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from reptile_tf import runtime
 from reptile_tf.errors import UserError
 from reptile_tf.models import (
-    batch_norm, batched_conv3x3, broadcast_params, count_params, cross_entropy_loss, fold_tasks, folded_batch_norm,
-    get_model, grouped_conv3x3, sliced_conv3x3, unfold_tasks,
-    max_pool2x2, mean_over_tasks, mse_loss, same_padding,
+    CONV_PATHS, available_conv_paths, batch_norm, batched_conv3x3, broadcast_params, choose_conv_path,
+    count_params, cross_entropy_loss, fold_tasks, folded_batch_norm, get_model, grouped_conv3x3, sliced_conv3x3,
+    split_conv3x3, unfold_tasks, max_pool2x2, mean_over_tasks, mse_loss, same_padding,
 )
 
 
-@pytest.mark.parametrize("conv", [batched_conv3x3, grouped_conv3x3, sliced_conv3x3])
+def task_major(folded_conv):
+    """A folded-layout conv as a `[T, B, H, W, C]` one, to compare all formulations on one footing."""
+    return lambda x, kernel, stride: unfold_tasks(folded_conv(fold_tasks(x), kernel, stride), kernel.shape[-1])
+
+
+# The formulations this TensorFlow can differentiate here: with oneDNN off (CI's second run)
+# the grouped ones are not generated, because they cannot run, rather than skipped.
+CONVS = {"batched": batched_conv3x3, "sliced": sliced_conv3x3, "split": task_major(split_conv3x3)}
+if runtime.grouped_conv_gradient_available():
+    CONVS["grouped"] = grouped_conv3x3
+
+
+@pytest.mark.parametrize("conv", CONVS.values(), ids=CONVS.keys())
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("size", [(7, 7), (8, 6), (28, 28)])
 def test_batched_conv_equals_tf_conv2d_same(stride, size, conv):
@@ -33,10 +46,12 @@ def test_batched_conv_equals_tf_conv2d_same(stride, size, conv):
         np.testing.assert_allclose(got[t], want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("conv", [c for name, c in CONVS.items() if name != "sliced"],
+                         ids=[name for name in CONVS if name != "sliced"])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_grouped_and_sliced_conv_agree_to_second_order(stride):
-    """float32 uses the grouped conv, float64 (finite-difference checks) the sliced one: the
-    MAML-relevant second derivatives must agree, or the float64 checks would prove nothing."""
+def test_float32_convs_and_sliced_conv_agree_to_second_order(stride, conv):
+    """float32 uses the grouped (or split) conv, float64 (finite-difference checks) the sliced one:
+    the MAML-relevant second derivatives must agree, or the float64 checks would prove nothing."""
     rng = np.random.default_rng(1)
     x = tf.constant(rng.normal(size=(2, 3, 9, 9, 4)).astype(np.float32))
     kernel = tf.constant(rng.normal(size=(2, 3, 3, 4, 5)).astype(np.float32))
@@ -51,8 +66,8 @@ def test_grouped_and_sliced_conv_agree_to_second_order(stride):
             norm = tf.reduce_sum(gx ** 2) + tf.reduce_sum(gk ** 2)
         return outer.gradient(norm, kernel).numpy()
 
-    grouped, sliced = second_order(grouped_conv3x3), second_order(sliced_conv3x3)
-    np.testing.assert_allclose(grouped, sliced, rtol=1e-3, atol=1e-3 * np.abs(sliced).max())
+    got, sliced = second_order(conv), second_order(sliced_conv3x3)
+    np.testing.assert_allclose(got, sliced, rtol=1e-3, atol=1e-3 * np.abs(sliced).max())
 
 
 def test_same_padding_puts_extra_pad_at_the_end():
@@ -205,11 +220,14 @@ def test_fold_tasks_round_trip_and_channel_order():
     np.testing.assert_array_equal(unfold_tasks(folded, 5).numpy(), x.numpy())
 
 
+@pytest.mark.parametrize("path", available_conv_paths())
 @pytest.mark.parametrize("arch", ["omniglot", "mini_imagenet"])
-def test_float32_folded_network_matches_float64_task_major_network(arch):
-    """float32 runs the folded stack (grouped conv, fused batch norm), float64 the task-major one
-    (sliced conv, unfused batch norm): same outputs and same parameter gradients."""
-    model = get_model(arch, 5)
+def test_float32_network_of_every_conv_path_matches_float64_task_major_network(arch, path):
+    """Every conv path of the float32 network (folded grouped/split with fused batch norm,
+    task-major sliced...) computes the float64 task-major network's function (sliced conv,
+    unfused batch norm): same outputs and same parameter gradients, up to float32 rounding."""
+    model = get_model(arch, 5, conv_path=path)
+    assert model.conv_path == path
     params = {k: tf.stack([v, v * 1.1]) for k, v in model.init(3).items()}
     x = tf.random.stateless_uniform([2, 4, *model.input_shape], seed=[9, 9])
     y = tf.constant([[0, 1, 2, 3], [4, 3, 2, 1]])
@@ -228,3 +246,64 @@ def test_float32_folded_network_matches_float64_task_major_network(arch):
     for name in grads64:
         want = grads64[name].numpy()
         np.testing.assert_allclose(grads32[name].numpy(), want, rtol=1e-2, atol=1e-3 * np.abs(want).max(), err_msg=name)
+
+
+def test_the_default_conv_path_is_the_fastest_one_this_tensorflow_can_differentiate():
+    expected = "grouped" if runtime.grouped_conv_gradient_available() else "split"
+    assert get_model("omniglot", 5).conv_path == expected
+    assert get_model("sine", 1).conv_path is None
+    assert set(available_conv_paths()) <= set(CONV_PATHS)
+    with pytest.raises(UserError, match="unknown conv path 'nope'"):
+        choose_conv_path("nope")
+
+
+def test_onednn_is_recorded_as_tensorflow_reports_it():
+    # On x86-64 reptile_tf turns oneDNN on unless the user chose (CI's second run sets it to 0).
+    import platform
+
+    info = runtime.runtime_info()
+    assert info["onednn"] == runtime.onednn_enabled()
+    user_value = os.environ.get("TF_ENABLE_ONEDNN_OPTS") if runtime.onednn_source() == "user" else None
+    if user_value == "0":
+        assert info["onednn"] is False
+    elif platform.machine().lower() in ("x86_64", "amd64") and runtime.onednn_source() == "reptile-tf":
+        assert info["onednn"] is True
+    assert info["cpu_class"] in ("avx512", "avx2", platform.machine())
+    assert set(info["cpu_flags"]) <= set(runtime.RELEVANT_CPU_FLAGS)
+
+
+@pytest.mark.parametrize("onednn", ["0", None])
+def test_without_grouped_conv_gradient_the_model_falls_back_and_trains(onednn, tmp_path):
+    """In a fresh process: with oneDNN off (what Zen 3 / AVX2 CPUs got from TensorFlow's default)
+    the conv nets take the split path, say so in one line, and differentiate; with the variable
+    unset, reptile_tf turns oneDNN on (x86-64) before TensorFlow is imported."""
+    import platform
+    import subprocess
+    import sys
+
+    script = (
+        "import reptile_tf, os\n"
+        "from reptile_tf import runtime\n"
+        "from reptile_tf.models import get_model, broadcast_params\n"
+        "import tensorflow as tf\n"
+        "m = get_model('omniglot', 5)\n"
+        "p = broadcast_params(m.init(0), 2)\n"
+        "x = tf.random.stateless_uniform([2, 5, 28, 28, 1], seed=[1, 2])\n"
+        "y = tf.zeros([2, 5], tf.int32)\n"
+        "with tf.GradientTape() as tape:\n"
+        "    tape.watch(p); loss = tf.reduce_sum(m.loss(m.apply(p, x), y))\n"
+        "g = tape.gradient(loss, p)\n"
+        "assert all(v is not None for v in g.values())\n"
+        "print('PATH', m.conv_path, 'ONEDNN', runtime.onednn_enabled(), 'SOURCE', runtime.onednn_source())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if onednn is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = onednn
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    path, enabled, source = out.stdout.split()[1::2]
+    if onednn == "0":
+        assert (path, enabled, source) == ("split", "False", "user")
+        assert out.stderr.count("reptile-tf: this TensorFlow cannot differentiate a grouped convolution") == 1
+    elif platform.machine().lower() in ("x86_64", "amd64"):
+        assert (path, enabled, source) == ("grouped", "True", "reptile-tf")

@@ -32,6 +32,8 @@ def make_run(root: Path, algorithm: str, dataset: str, ways: int, shots: int, se
         (run / "eval.json").write_text(json.dumps({
             mode: {"accuracy": acc, "ci95": ci, "tasks": tasks, "inner_steps": 50, "per_task_csv": f"eval_{mode}.csv"}
             for mode, (acc, ci) in accuracies.items()}))
+        for mode, (acc, _) in accuracies.items():
+            (run / f"eval_{mode}.csv").write_text("task,accuracy\n" + "".join(f"{i},{acc}\n" for i in range(tasks)))
     return run
 
 
@@ -101,6 +103,9 @@ def test_tables_values_published_and_inside_flag(tmp_path):
     methods = [line.split("|")[1].strip() for line in markdown.splitlines() if line.startswith("| ")][2:]
     assert methods == ["MAML", "MAML +T", "FOMAML", "FOMAML +T", "Reptile", "Reptile +T"]
     assert "1-shot 20-way" in markdown and "5-shot 20-way" in markdown
+    per_task = pd.read_csv(out / "table2_omniglot_tasks.csv")
+    assert list(per_task.columns) == list(tables.TASK_COLUMNS)
+    assert len(per_task) == 100 * (3 * 2 + 2)  # 100 tasks x (3 Reptile seeds + 1 MAML run) x 2 modes
     png = out / "learning_curves_omniglot_5w1s.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -139,7 +144,7 @@ def test_diff_beyond_tolerance_exit_1(tmp_path, capsys):
     assert cli_main(["tables", "diff", str(old), str(new), "--tolerance", "0.5"]) == 1
     out = capsys.readouterr().out
     assert "DIFFERENT: 1 cell(s)" in out
-    line = next(line for line in out.splitlines() if line.startswith("!"))
+    line = next(line for line in out.splitlines() if line.lstrip().startswith("!"))
     assert "Reptile +T" in line and "60.0000" in line and "61.0000" in line and "+1.0000" in line
 
 
@@ -170,3 +175,93 @@ def test_diff_bad_input_is_user_error(tmp_path):
 
 def test_tables_requires_runs_and_out():
     assert cli_main(["tables", "--runs", "x"]) == 2
+
+
+# ------------------------------------------------------------------------------- paired test
+
+
+def _paired_tables(tmp_path: Path, name: str, cells: dict[str, list[float]]) -> Path:
+    """A table CSV and its per-task CSV: one 5-way 1-shot cell per method with these task accuracies."""
+    rows = [(method, 1, sum(acc) / len(acc), 1.0) for method, acc in cells.items()]
+    path = _table(tmp_path, name, rows)
+    tasks = pd.DataFrame([{"dataset": "omniglot", "method": method, "ways": 5, "shots": 1, "seed": 0, "task": i,
+                           "accuracy": a} for method, acc in cells.items() for i, a in enumerate(acc)])
+    tasks.to_csv(tables.tasks_path(path), index=False)
+    return path
+
+
+def _task_accuracies(seed: int, mean: float, tasks: int = 200) -> list[float]:
+    """5-query tasks: accuracies in steps of 20%, like 5-way 1-shot evaluation."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return list(100.0 * rng.binomial(5, mean / 100.0, size=tasks) / 5)
+
+
+def test_paired_diff_passes_noise_and_catches_a_real_move(tmp_path, capsys):
+    base = _task_accuracies(0, 60.0)
+    # Rounding-sized disturbance: 6 tasks gain one query, 4 lose one (the mean moves by 0.2).
+    wobble = list(base)
+    up = [i for i, a in enumerate(base) if a <= 80][:6]
+    down = [i for i, a in enumerate(base) if a >= 20 and i not in up][:4]
+    for i in up:
+        wobble[i] += 20
+    for i in down:
+        wobble[i] -= 20
+    old = _paired_tables(tmp_path, "old.csv", {"Reptile": base, "Reptile +T": base})
+    same = _paired_tables(tmp_path, "same.csv", {"Reptile": wobble, "Reptile +T": base})
+    worse = _paired_tables(tmp_path, "worse.csv", {"Reptile": [max(0.0, a - 20) for a in base], "Reptile +T": base})
+    assert cli_main(["tables", "diff", str(old), str(same), "--paired"]) == 0
+    out = capsys.readouterr().out
+    assert "SAME (paired t-test" in out
+    # The exact check still sees the wobble: that is what --paired is for.
+    assert cli_main(["tables", "diff", str(old), str(same)]) == 1
+    capsys.readouterr()
+    assert cli_main(["tables", "diff", str(old), str(worse), "--paired"]) == 1
+    out = capsys.readouterr().out
+    assert "DIFFERENT: 1 cell(s) moved" in out
+    result = tables.diff_tables(tables.read_table_csv(old), tables.read_table_csv(worse), 0.0,
+                                tables.read_tasks_csv(old), tables.read_tasks_csv(worse), 0.001)
+    moved = result.beyond_tolerance
+    assert list(moved["method"]) == ["Reptile"] and moved["p_value"].iloc[0] < 1e-6
+
+
+def test_paired_diff_uses_holm_over_the_cells():
+    import pandas as pd
+
+    keys = [("omniglot", m, 5, 1) for m in ("A", "B")]
+    def frame(values):
+        return pd.DataFrame([{"dataset": "omniglot", "method": m, "ways": 5, "shots": 1, "seed": 0, "task": i,
+                              "accuracy": v} for m, vals in values.items() for i, v in enumerate(vals)])
+    base = [float(i % 7) for i in range(50)]
+    shifted = [v + (0.4 if i % 2 else -0.1) for i, v in enumerate(base)]  # small, consistent move
+    rows = tables.paired_tests(frame({"A": base, "B": base}), frame({"A": shifted, "B": base}), keys, alpha=0.05)
+    p_a = next(r["p_value"] for r in rows if r["method"] == "A")
+    assert 0 < p_a < 0.05
+    assert [r["beyond"] for r in rows] == [True, False]
+    # Holm with 2 cells compares the smallest p-value with alpha / 2.
+    rows = tables.paired_tests(frame({"A": base, "B": base}), frame({"A": shifted, "B": base}), keys, alpha=p_a * 1.5)
+    assert [r["beyond"] for r in rows] == [False, False]
+
+
+def test_paired_diff_needs_the_same_tasks_and_the_per_task_file(tmp_path, capsys):
+    old = _paired_tables(tmp_path, "old.csv", {"Reptile": _task_accuracies(1, 50.0)})
+    fewer = _paired_tables(tmp_path, "fewer.csv", {"Reptile": _task_accuracies(1, 50.0)[:150]})
+    assert cli_main(["tables", "diff", str(old), str(fewer), "--paired"]) == 1
+    assert "cannot be paired" in capsys.readouterr().out
+    tables.tasks_path(fewer).unlink()
+    assert cli_main(["tables", "diff", str(old), str(fewer), "--paired"]) == 2
+    assert "fewer_tasks.csv" in capsys.readouterr().err
+
+
+def test_diff_compares_text_columns_and_names_a_directory(tmp_path, capsys):
+    old = _table(tmp_path, "old.csv", [("Reptile", 1, 50.0, 1.0)])
+    frame = pd.read_csv(old)
+    frame["interval_basis"] = "seeds+tasks"
+    new = tmp_path / "new.csv"
+    frame.to_csv(new, index=False)
+    assert cli_main(["tables", "diff", str(old), str(new), "--tolerance", "100"]) == 1
+    out = capsys.readouterr().out
+    assert "interval_basis" in out and "text differs" in out
+    assert cli_main(["tables", "diff", str(tmp_path), str(new)]) == 2
+    assert "is a directory" in capsys.readouterr().err

@@ -309,3 +309,18 @@ def test_every_algorithm_learns_omniglot(algorithm, tmp_path, omniglot_data_dir,
     assert 0.0 <= records[-1]["val_accuracy"] <= 1.0
     result = evaluate.evaluate_run(run, ("transductive",), tasks=40, progress=False)["transductive"]
     assert result["accuracy"] > threshold, result
+
+
+def test_a_resume_on_another_machine_is_recorded_once(tmp_path):
+    from reptile_tf import io
+
+    env = {"git_commit": "a", "cpu_model": "EPYC", "cpu_class": "avx512", "onednn": True, "conv_path": "grouped",
+           "device": "CPU", "tensorflow": "2.21.0", "data_dir": "/x"}
+    io.write_json_atomic(tmp_path / train.CONFIG_FILE, {"algorithm": "reptile", "environment": env})
+    train.record_resume(tmp_path, 500, dict(env, data_dir="/elsewhere"))  # same machine: nothing to add
+    assert "resumed" not in io.read_json(tmp_path / train.CONFIG_FILE)["environment"]
+    zen3 = dict(env, cpu_class="avx2", onednn=False, conv_path="split")
+    train.record_resume(tmp_path, 1000, zen3)
+    train.record_resume(tmp_path, 1500, zen3)  # again on that machine: still one entry
+    resumed = io.read_json(tmp_path / train.CONFIG_FILE)["environment"]["resumed"]
+    assert [(r["from_iteration"], r["cpu_class"], r["conv_path"]) for r in resumed] == [(1000, "avx2", "split")]

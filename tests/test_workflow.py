@@ -19,7 +19,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
-PRESETS = ("config.yaml", "paper.yaml", "quick.yaml", "smoke.yaml")
+PRESETS = ("config.yaml", "paper.yaml", "paper_cpu.yaml", "quick.yaml", "smoke.yaml")
 
 
 def copy_workflow(dest: Path) -> Path:
@@ -155,7 +155,8 @@ STUB = textwrap.dedent('''\
         pathlib.Path(opt("--marker")).write_text("{{}}")
     elif command == "tables":
         out = pathlib.Path(opt("--out")); out.mkdir(parents=True, exist_ok=True)
-        for name in ("table2_omniglot.md", "table2_omniglot.csv", "learning_curves_omniglot_5w1s.png"):
+        for name in ("table2_omniglot.md", "table2_omniglot.csv", "table2_omniglot_tasks.csv",
+                     "learning_curves_omniglot_5w1s.png"):
             (out / name).write_text("x")
     elif command in ("theory", "bench"):
         pathlib.Path(opt("--out")).mkdir(parents=True, exist_ok=True)
@@ -189,9 +190,9 @@ def test_stub_pipeline_runs_then_rerun_has_nothing_to_do(tmp_path):
     maml = next(c for c in calls if c.startswith("train --algorithm maml"))
     assert "--iterations 7" in maml and "--out runs/smoke/omniglot_5w1s/maml/seed0" in maml
     reptile = next(c for c in calls if c.startswith("train --algorithm reptile"))
-    assert "--iterations 20" in reptile and "--seed 0" in reptile and "--data-dir data/tfds" in reptile
+    assert "--iterations 100" in reptile and "--seed 0" in reptile and "--data-dir data/tfds" in reptile
     evaluate = next(c for c in calls if c.startswith("evaluate"))
-    assert "--tasks 20" in evaluate and "--mode both" in evaluate
+    assert "--tasks 200" in evaluate and "--mode both" in evaluate
     assert "tables --runs runs/smoke --out results/smoke" in calls
     assert any(c.startswith("track --init --experiment smoke --tracking-uri sqlite:///results/mlflow/mlflow.db")
                for c in calls)

@@ -103,7 +103,7 @@ def train_flags(wildcards):
     train = config["train"]
     if train["xla"]:
         flags.append("--xla")
-    for option in ("log_every", "checkpoint_every", "val_every", "val_tasks"):
+    for option in ("log_every", "checkpoint_every", "val_every", "val_tasks", "keep_checkpoints"):
         if train.get(option) is not None:
             flags.append(flag(option, train[option]))
     if wildcards.dataset == "omniglot":
@@ -159,7 +159,8 @@ def run_files(name):
 
 
 def table_outputs():
-    tables = [f"{RESULTS}/{TABLE_STEMS[d]}.{ext}" for d in DATASETS for ext in ("md", "csv")]
+    # <stem>_tasks.csv: the per-task accuracies that `reptile-tf tables diff --paired` compares.
+    tables = [f"{RESULTS}/{TABLE_STEMS[d]}{suffix}" for d in DATASETS for suffix in (".md", ".csv", "_tasks.csv")]
     curves = sorted(
         {f"{RESULTS}/learning_curves_{s['dataset']}_{s['ways']}w{s['shots']}s.png" for s in SETTINGS}
     )

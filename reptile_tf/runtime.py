@@ -1,0 +1,165 @@
+"""The machine a computation runs on, and how it is set up: one home for these facts.
+
+- CPU facts (`cpu_info`) and the real oneDNN state as TensorFlow reports it (`onednn_enabled`).
+- Whether this TensorFlow can differentiate a grouped convolution
+  (`grouped_conv_gradient_available`): a capability check, not a list of CPU models. The fast
+  conv path has a gradient only on oneDNN and cuDNN; `models.choose_conv_path` falls back to an
+  equivalent path elsewhere (oneDNN off by choice, ARM, macOS, other builds).
+- Determinism (`deterministic_runtime`) and mixed precision (`precision_policy`).
+- `runtime_info()`: all of the above as one JSON-able record for config.json, MLflow and bench.
+
+Importing this module imports TensorFlow; `reptile_tf/__init__.py` has already chosen the
+oneDNN default by then.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import functools
+import os
+import platform
+from pathlib import Path
+from typing import Any, Iterator
+
+import tensorflow as tf
+
+import reptile_tf
+
+# CPU flags that decide TensorFlow's CPU kernels (oneDNN default, bf16 speed).
+RELEVANT_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_tile")
+
+@functools.cache
+def cpu_info() -> dict[str, Any]:
+    """{"model": CPU model name, "flags": the RELEVANT_CPU_FLAGS it has, "machine": arch, "cores": n}."""
+    model, flags = platform.processor() or platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name":
+                model = value.strip()
+            elif key in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    return {"model": model, "flags": [f for f in RELEVANT_CPU_FLAGS if f in flags],
+            "machine": platform.machine(), "cores": os.cpu_count()}
+
+
+def cpu_class() -> str:
+    """A short label of the CPU class for result files: 'avx512' or 'avx2' (x86-64), else the arch."""
+    info = cpu_info()
+    if "avx512f" in info["flags"]:
+        return "avx512"
+    if "avx2" in info["flags"]:
+        return "avx2"
+    return info["machine"]
+
+
+def onednn_enabled() -> bool | None:
+    """Whether TensorFlow runs its oneDNN CPU kernels in this process (asked of TensorFlow)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:  # pragma: no cover - a TF without this private module
+        return None
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def onednn_source() -> str:
+    """Who decided the oneDNN state: 'user' (TF_ENABLE_ONEDNN_OPTS set), 'reptile-tf', or 'tensorflow'."""
+    if reptile_tf.ONEDNN_SET_BY_USER:
+        return "user"
+    if reptile_tf.ONEDNN_SET_TOO_LATE:
+        return "tensorflow (imported before reptile_tf)"
+    return "reptile-tf" if reptile_tf.ONEDNN_VARIABLE in os.environ else "tensorflow"
+
+
+@functools.cache
+def grouped_conv_gradient_available() -> bool:
+    """Whether this TensorFlow can differentiate a float32 grouped convolution on the default device.
+
+    Tried once on a tiny input (a few ms): TF's own CPU kernels raise "Gradients for grouped
+    convolutions are not supported on CPU"; oneDNN and cuDNN compute it.
+    """
+    # In a thread of its own: eager and outside any tape or tf.function being traced by the
+    # caller (graph contexts and tapes are thread-local).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(_try_grouped_conv_gradient).result()
+
+
+def _try_grouped_conv_gradient() -> bool:
+    # Two groups of two channels (one channel per group would be a depthwise conv: another kernel).
+    x = tf.ones([1, 4, 4, 4])
+    kernel = tf.ones([3, 3, 2, 4])
+    try:
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            y = tf.reduce_sum(tf.nn.conv2d(x, kernel, 1, "SAME"))
+        grads = tape.gradient(y, [x, kernel])
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.InternalError):
+        return False
+    return all(g is not None for g in grads)
+
+
+def runtime_info() -> dict[str, Any]:
+    """CPU, oneDNN state and its source, device: what config.json, MLflow and bench record (the conv
+    path a model runs is `Model.conv_path`)."""
+    gpus = tf.config.list_logical_devices("GPU")
+    return {
+        "cpu_model": cpu_info()["model"],
+        "cpu_flags": cpu_info()["flags"],
+        "cpu_class": cpu_class(),
+        "onednn": onednn_enabled(),
+        "onednn_source": onednn_source(),
+        "device": gpus[0].name if gpus else "CPU",
+        "tensorflow": tf.__version__,
+    }
+
+
+def deterministic_runtime(xla: bool = False) -> bool:
+    """Same command, same numbers on CPU: deterministic kernels and one inter-op thread.
+
+    Op determinism alone was not enough: two identical MAML runs diverged from iteration 4
+    with TF's default inter-op thread pool (measured); with one inter-op thread they agree.
+    Intra-op parallelism (inside a matmul/conv) stays on. The thread pool can only be set
+    before TensorFlow initialises, so a process that already ran ops keeps its pool.
+    Under XLA, op determinism is left off: TF refuses to compile MaxPoolGrad with it
+    ("no deterministic XLA implementation"). Returns whether op determinism is on.
+    """
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass
+    if xla:
+        return False
+    tf.config.experimental.enable_op_determinism()
+    return True
+
+
+@contextlib.contextmanager
+def precision_policy(mixed: bool) -> Iterator[None]:
+    """With `mixed`, compute in bfloat16 (float32 params, losses and updates) inside the block.
+
+    The models take their compute dtype from the global Keras policy; bfloat16 keeps float32's
+    exponent range, so no loss scaling is needed (unlike float16).
+    """
+    if not mixed:
+        yield
+        return
+    previous = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous)
+
+
+if __name__ == "__main__":
+    # `python -m reptile_tf.runtime`: this machine's record, as results/*/machine.json files hold it.
+    import json
+    import time
+
+    from reptile_tf.models import choose_conv_path
+
+    record = dict(runtime_info(), conv_path=choose_conv_path(), date_utc=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    print(json.dumps(record, indent=2))
