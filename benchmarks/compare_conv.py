@@ -1,26 +1,22 @@
-"""Time the meta-step with the model's conv stack and with alternatives patched in.
+"""Time the meta-step with each conv path of the model (`models.CONV_PATHS`).
 
-Variants (all in this process, one after another):
-- `model`: the model as it is. In float32 the tasks are folded into the channels for the whole
-  conv stack (`[B, H, W, T*C]`): grouped `tf.nn.conv2d` (T groups), fused batch norm, max-pool
-  and ReLU on oneDNN kernels, one transpose in and one out.
-- `task_major`: the previous float32 path: the same grouped convolution, but folded and
-  unfolded around every layer (`models.grouped_conv3x3`), with the unfused `models.batch_norm`
-  and `models.max_pool2x2` on `[T, B, H, W, C]`.
-- `sliced`: task-major with `models.sliced_conv3x3` (9 shifted slices + one einsum: the path
-  the model keeps for float64), the model's convolution before the grouped one.
-Prints wall and process-CPU seconds per meta-iteration for each variant
-(CPU seconds are the fairer comparison on a loaded machine). With `--xla` on CPU the grouped
-variants are very slow (XLA's CPU backend compiles grouped convolutions poorly).
+Variants (all in this process, one after another): `model` (the path the model picks here,
+`models.choose_conv_path`) and every name of `models.CONV_PATHS` this TensorFlow can
+differentiate: `grouped` (tasks folded into the channels, one grouped `tf.nn.conv2d` per layer,
+fused batch norm), `split` (same layout, one `tf.nn.conv2d` per task), `sliced` (task-major,
+9 shifted slices + one einsum, unfused batch norm: the float64 path), `task_major_grouped`
+(the grouped conv folded and unfolded around every layer). Prints wall and process-CPU seconds
+per meta-iteration for each variant (CPU seconds are the fairer comparison on a loaded machine).
+With `--xla` on CPU the grouped variants are very slow (XLA's CPU backend compiles grouped
+convolutions poorly).
 
-    .venv/bin/python benchmarks/compare_conv.py [--cases reptile:omniglot:5,...] [--variants model,task_major]
+    .venv/bin/python benchmarks/compare_conv.py [--cases reptile:omniglot:5,...] [--variants model,split]
         [--xla] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import time
 
@@ -31,17 +27,11 @@ import tensorflow as tf  # noqa: E402
 from reptile_tf import bench, flops, models  # noqa: E402
 
 
-CONVS = {"task_major": models.grouped_conv3x3, "sliced": models.sliced_conv3x3}
-
-
 def patched_get_model(variant: str):
-    """`models.get_model` with the conv stack swapped for `variant`."""
+    """`models.get_model` with the conv path `variant` (or the model's own for "model")."""
 
-    def get_model(arch: str, num_outputs: int):
-        model = ORIGINAL_GET_MODEL(arch, num_outputs)
-        if variant in CONVS and arch in models._CONV_SPECS:
-            return dataclasses.replace(model, apply=models._conv_apply(arch, CONVS[variant]))
-        return model
+    def get_model(arch: str, num_outputs: int, conv_path: str | None = None):
+        return ORIGINAL_GET_MODEL(arch, num_outputs, None if variant == "model" else variant)
 
     return get_model
 
@@ -62,7 +52,7 @@ def time_case(case: bench.Case, variant: str, xla: bool, warmup: int, repeats: i
 
 
 ORIGINAL_GET_MODEL = models.get_model
-VARIANTS = ("model", "task_major", "sliced")
+VARIANTS = ("model", *models.available_conv_paths())
 
 
 def parse_variants(text: str) -> tuple[str, ...]:

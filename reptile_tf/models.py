@@ -195,7 +195,7 @@ def folded_batch_norm(x: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor) -> tf.T
     official code ran (`tf.layers.batch_normalization` is fused by default). With the folded
     layout it made the Reptile meta-iteration 1.68x faster on Mini-ImageNet and 1.23x on
     Omniglot than the task-major layout with unfused batch norm (idle 2-core CPU,
-    `benchmarks/compare_conv.py --variants model,task_major`). Its float32 rounding
+    `benchmarks/compare_conv.py --variants grouped,task_major_grouped`). Its float32 rounding
     is coarser: on a mostly-white Omniglot batch the parameter gradients differ from float64 by
     up to 1.2% of the largest entry (conv1), against 4e-5 unfused. scale/offset `[T, C]` stay
     float32 (the kernel wants float32 statistics for float16/bfloat16 inputs).
