@@ -146,7 +146,8 @@ def test_omniglot_over_http_is_verified_and_second_fetch_does_nothing(tmp_path, 
         assert sha256(dest / rel) == sha256(OMNI / rel), rel
     stamp = read_json(dest / F.STAMP_NAME)
     assert set(stamp["files"]) == set(F.OMNIGLOT_FILES)
-    assert all(e["method"] == "sha256 (mirror SHA256SUMS)" for e in stamp["files"].values())
+    # The mirror's SHA256SUMS lists these files, but the project knows them: its own digest decides.
+    assert all(e["method"] == "sha256 (project)" for e in stamp["files"].values())
     assert leftovers(dest) == []
 
     mtimes = {rel: (dest / rel).stat().st_mtime_ns for rel in F.OMNIGLOT_FILES + (F.STAMP_NAME,)}
@@ -187,9 +188,9 @@ def test_canonical_download_is_checked_by_image_count_and_tree_digest(tmp_path, 
                                               "mini_imagenet": {}})
     dest = F.fetch("omniglot", tmp_path / "raw", mirrors=[str(tmp_path / "no-such-mirror")], progress=False)
     files = read_json(dest / F.STAMP_NAME)["files"]
-    assert files["images_background.zip"]["method"] == "image count + tree digest"
+    assert files["images_background.zip"]["method"] == "tree digest (project)"
     assert files["images_background.zip"]["images"] == 19_280
-    assert files["splits/vinyals/val.txt"]["method"] == "sha256 (embedded digest)"
+    assert files["splits/vinyals/val.txt"]["method"] == "sha256 (project)"
     assert sha256(dest / "images_background.zip") == sha256(repacked_omniglot / "images_background.zip")
 
 
@@ -238,7 +239,7 @@ def test_source_may_be_a_url(tmp_path, serve):
     dest = F.fetch("omniglot", tmp_path / "raw", source=f"{server.url}/omniglot", progress=False)
     files = read_json(dest / F.STAMP_NAME)["files"]
     assert files["images_evaluation.zip"]["source"] == f"{server.url}/omniglot/images_evaluation.zip"
-    assert files["images_evaluation.zip"]["method"] == "sha256 (embedded digest)"
+    assert files["images_evaluation.zip"]["method"] == "sha256 (project)"
 
 
 def test_fetch_module_does_not_import_tensorflow():
