@@ -52,7 +52,7 @@ CSV_COLUMNS = [
     "peak_rss_mb", "step_rss_mb", "trace_s", "repeats",
 ]
 
-# REFERENCE.md, "Speed of existing implementations on these machines" (seconds).
+# docs/reference.md, "Speed of existing implementations on these machines" (seconds).
 PUBLISHED_TIMES = [
     ("official Reptile code (TF1 graph, TF 2.21)", "Reptile Omniglot 5-way meta-iteration", 0.182, ("reptile", "omniglot", 5)),
     ("learn2learn 0.2.0 (PyTorch, 2 threads)", "Reptile Omniglot 5-way meta-iteration", 0.155, ("reptile", "omniglot", 5)),
@@ -61,7 +61,7 @@ PUBLISHED_TIMES = [
     ("learn2learn", "MAML Omniglot 20-way 1-shot, meta-batch 16, 5 steps, second order", 2.21, ("maml", "omniglot", 20)),
     ("official Reptile code", "one evaluation task (50 Adam steps, 5-way 1-shot)", 0.296, ("eval", "omniglot", 5)),
 ]
-REFERENCE_PEAK_GFLOPS = 154.0  # REFERENCE.md: TensorFlow float32 matmul peak on these machines
+REFERENCE_PEAK_GFLOPS = 154.0  # docs/reference.md: TensorFlow float32 matmul peak on these machines
 A100_FP32_TFLOPS = 19.5
 
 
@@ -719,7 +719,7 @@ def render_readme(command: str, rows: list[dict[str, Any]], profile: list[dict[s
         "",
         f"Matmul peak measured in this run: **{peak:.1f} GFLOP/s** (float32 {info['matmul_size']}x"
         f"{info['matmul_size']} `tf.matmul`, median of {info['matmul_repeats']}, the higher of the start "
-        f"({info.get('peak_start', peak):.1f}) and end ({info.get('peak_end', peak):.1f}) of the run; REFERENCE.md: "
+        f"({info.get('peak_start', peak):.1f}) and end ({info.get('peak_end', peak):.1f}) of the run; docs/reference.md: "
         f"{REFERENCE_PEAK_GFLOPS:.0f} GFLOP/s on an idle machine).",
         "",
         f"Method: compiled meta-step (`meta.meta_step` in one `tf.function`, XLA off/on) on a fixed random "
@@ -753,7 +753,7 @@ def render_readme(command: str, rows: list[dict[str, Any]], profile: list[dict[s
         threshold = f"{t.threshold:.0%}" if as_percent else f"{t.threshold:g}{t.unit}"
         measured = "—" if t.met is None else (f"{t.measured:.1%}" if as_percent else f"{t.measured:.3g}{t.unit}")
         lines.append(f"| {t.name} | {sign} {threshold} | {measured} | {t.gap()} | {t.detail} |")
-    lines += ["", "## Beside existing implementations (REFERENCE.md, idle machine, same CPU type)", "",
+    lines += ["", "## Beside existing implementations (docs/reference.md, idle machine, same CPU type)", "",
               "| implementation | workload | their seconds | ours (s) | ours vs theirs |", "| --- | --- | --- | --- | --- |"]
     for name, workload, seconds, (algorithm, dataset, ways) in PUBLISHED_TIMES:
         if algorithm == "eval":

@@ -3,7 +3,7 @@
 Every algorithm and seed is scored on the same tasks: `make_eval_episodes` with EVAL_SEED,
 independent of the training seed. Each task is adapted from the meta parameters with the
 evaluation inner loop (`meta.adapt`: eval_inner_steps on the support set), then its
-queries are predicted in one of two modes (REFERENCE.md):
+queries are predicted in one of two modes (docs/reference.md):
 
 - transductive: all queries of a task in one batch (batch-norm statistics from the queries);
 - non_transductive: each query in a batch made of the whole support set plus that one query,

@@ -11,7 +11,7 @@ measured matmul peak. Conventions:
 - Backward = 2 x forward (input gradient + weight gradient), except that the first layer needs
   no gradient with respect to the input image, so its backward = 1 x forward.
   With this rule the Reptile Omniglot 5-way meta-iteration is 3.930 GFLOP of matmul work,
-  the figure in ../shared/REFERENCE.md.
+  the figure in docs/reference.md.
 - MAML second order: every inner step's gradient computation (forward + backward) is itself
   differentiated. Reverse mode through a graph of bilinear ops (conv, matmul and their
   gradients) costs 2 x that graph, so an inner step costs 3 x (forward + backward). This is an
@@ -63,7 +63,7 @@ def _same_out(size: int, stride: int) -> int:
 
 
 def network_layers(arch: str, num_outputs: int) -> list[Layer]:
-    """The linear layers of `arch` (REFERENCE.md "Networks") with per-image costs.
+    """The linear layers of `arch` (docs/reference.md "Networks") with per-image costs.
 
     omniglot: 28x28x1, 4 x [conv3x3 64, stride 2, same padding, BN, ReLU], dense.
     mini_imagenet: 84x84x3, 4 x [conv3x3 32, stride 1, same, BN, max-pool 2x2 stride 2 (same

@@ -5,7 +5,7 @@ update them functionally, MAML can differentiate through those updates, and a wh
 meta-batch runs at once: every parameter carries a leading task dimension T and inputs
 are `[T, B, ...]`.
 
-Architectures (REFERENCE.md "Networks", the layers of the official supervised-reptile code):
+Architectures (docs/reference.md "Networks", the layers of the official supervised-reptile code):
 - "omniglot" (28x28x1): 4 x [3x3 conv 64, stride 2, 'same', batch norm, ReLU], flatten, dense.
 - "mini_imagenet" (84x84x3): 4 x [3x3 conv 32, 'same', batch norm, 2x2 max-pool 'same', ReLU],
   flatten, dense.

@@ -1,6 +1,6 @@
 """Paper hyperparameters per (algorithm, dataset, ways, shots): the one table in code.
 
-Source: ../shared/REFERENCE.md (Nichol et al. 2018, official supervised-reptile README
+Source: docs/reference.md (Nichol et al. 2018, official supervised-reptile README
 commands; Finn et al. 2017, MAML appendix). Configs and CLI flags override these values;
 they never copy them.
 
@@ -62,8 +62,8 @@ class Settings:
         return dataclasses.asdict(self)
 
 
-_REPTILE_SRC = "Reptile paper, official README commands (REFERENCE.md)"
-_MAML_SRC = "MAML paper appendix (REFERENCE.md)"
+_REPTILE_SRC = "Reptile paper, official README commands (docs/reference.md)"
+_MAML_SRC = "MAML paper appendix (docs/reference.md)"
 
 
 def _reptile(dataset: str, ways: int, shots: int) -> dict:
@@ -108,11 +108,11 @@ def _sine(algorithm: str) -> dict:
     # Not in the papers for Reptile/FOMAML. SGD with outer step 0.1 left the error at ~4.3
     # after 1,000 iterations (measured); the Reptile defaults (Adam, outer step 1.0) learn.
     return dict(base, inner_optimizer="adam", outer_lr=1.0, outer_optimizer="sgd", inner_steps=5,
-                source="Reptile defaults on the MAML sine task (REFERENCE.md has no sine settings)")
+                source="Reptile defaults on the MAML sine task (docs/reference.md has no sine settings)")
 
 
 def paper_settings(algorithm: str, dataset: str, ways: int, shots: int) -> Settings:
-    """The paper's configuration for this setting (REFERENCE.md)."""
+    """The paper's configuration for this setting (docs/reference.md)."""
     if algorithm not in ALGORITHMS:
         raise UserError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
     if dataset not in DATASETS:
@@ -138,7 +138,7 @@ def paper_settings(algorithm: str, dataset: str, ways: int, shots: int) -> Setti
     return Settings(algorithm=algorithm, dataset=dataset, ways=ways, shots=shots, **values)
 
 
-# Published accuracies (%), REFERENCE.md Tables 1 and 2: (method, transductive, dataset, ways, shots) -> (mean, ±)
+# Published accuracies (%), docs/reference.md Tables 1 and 2: (method, transductive, dataset, ways, shots) -> (mean, ±)
 PUBLISHED: dict[tuple[str, bool, str, int, int], tuple[float, float]] = {
     ("maml", True, "omniglot", 5, 1): (98.7, 0.4), ("maml", True, "omniglot", 5, 5): (99.9, 0.1),
     ("maml", True, "omniglot", 20, 1): (95.8, 0.3), ("maml", True, "omniglot", 20, 5): (98.9, 0.2),

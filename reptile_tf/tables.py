@@ -68,7 +68,7 @@ INTERVAL_METHOD = (
     "1.96 * sqrt(sum_s se_s^2) / S (se_s = a seed's ci95 / 1.96, from eval.json), which the true "
     "variance can never be below. With one seed only task sampling is measurable and the "
     "interval is 1.96 * se (column `interval_basis` says which applies). Published values are "
-    "the Reptile paper's (REFERENCE.md); `in?` = the published mean lies inside our interval."
+    "the Reptile paper's (docs/reference.md); `in?` = the published mean lies inside our interval."
 )
 
 

@@ -27,7 +27,7 @@ def test_layer_macs_match_hand_count(arch, macs):
 
 
 def test_reptile_omniglot_meta_iteration_is_the_reference_3_93_gflop():
-    # REFERENCE.md: 5 tasks x 5 Adam steps x batch 10 = 3.93 GFLOP (conv + dense work).
+    # docs/reference.md: 5 tasks x 5 Adam steps x batch 10 = 3.93 GFLOP (conv + dense work).
     count = flops.meta_iteration_flops(paper_settings("reptile", "omniglot", 5, 1))
     assert count.matmul == pytest.approx(3.93e9, rel=1e-3)
     # 250 image passes of forward + backward, the first layer without an input gradient.

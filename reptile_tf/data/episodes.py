@@ -42,7 +42,7 @@ SPLITS = {
     ("mini_imagenet", "ravi"): ("train", "val", "test"),
 }
 CACHE_DIRNAME = "reptile_tf_cache"
-# Reptile protocol (official supervised-reptile code, REFERENCE.md): sorted characters,
+# Reptile protocol (official supervised-reptile code, docs/reference.md): sorted characters,
 # random.Random(0).shuffle, first 1,200 train x 4 rotations, the other 423 test.
 REPTILE_SEED = 0
 REPTILE_TRAIN_CHARACTERS = 1200

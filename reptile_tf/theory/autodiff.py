@@ -5,7 +5,7 @@ parameter vector `phi` [P]; a network's parameter dict is flattened once (see
 `problems.py`). Flat vectors make dot products, Hessian-vector products and the
 regressions of `coefficients.py` one-liners, and cost nothing at these sizes.
 
-Notation (REFERENCE.md "Theory"): minibatches L_1..L_k of one task, SGD with step alpha:
+Notation (docs/reference.md "Theory"): minibatches L_1..L_k of one task, SGD with step alpha:
 phi_1 = phi, phi_{i+1} = phi_i - alpha g_i, g_i = L_i'(phi_i); gbar_i = L_i'(phi) and
 Hbar_i = L_i''(phi) at the initial point.
 """
@@ -81,7 +81,7 @@ def leading_order_terms(loss_fn: LossFn, phi: tf.Tensor, xs: tf.Tensor,
                         ys: tf.Tensor) -> dict[str, tuple[tf.Tensor, tf.Tensor]]:
     """Per algorithm (zeroth, first) with g_alg = zeroth + alpha * first + O(alpha^2).
 
-    Built only from gbar_i and Hbar_i gbar_j at the initial point (REFERENCE.md):
+    Built only from gbar_i and Hbar_i gbar_j at the initial point (docs/reference.md):
       MAML:    gbar_k - alpha Hbar_k sum_{j<k} gbar_j - alpha sum_{j<k} Hbar_j gbar_k
       FOMAML:  gbar_k - alpha Hbar_k sum_{j<k} gbar_j
       Reptile: sum_i gbar_i - alpha sum_i sum_{j<i} Hbar_i gbar_j

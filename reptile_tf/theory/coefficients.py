@@ -1,6 +1,6 @@
 """Check 2: expected meta-gradients as combinations of AvgGrad and AvgGradInner.
 
-In expectation over tasks and minibatches (REFERENCE.md "Theory"):
+In expectation over tasks and minibatches (docs/reference.md "Theory"):
   E[g_MAML]    = AvgGrad - 2(k-1) alpha AvgGradInner
   E[g_FOMAML]  = AvgGrad -  (k-1) alpha AvgGradInner
   E[g_Reptile] = k AvgGrad - k(k-1)/2 alpha AvgGradInner
