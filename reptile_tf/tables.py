@@ -656,7 +656,8 @@ def format_diff(result: TableDiff) -> str:
         lines.append(f"DIFFERENT: {beyond} cell(s) moved ({criterion}), "
                      f"{len(result.added)} row(s) appeared, {len(result.removed)} disappeared")
     else:
-        lines.append(f"SAME ({criterion}; {len(result.changes)} cell(s) differ within it)")
+        differ = int((result.changes["delta"] != 0).sum())  # paired rows are listed even when equal
+        lines.append(f"SAME ({criterion}; {differ} cell(s) differ within it)")
     return "\n".join(lines)
 
 
