@@ -15,7 +15,7 @@ $(BIN)/python:
 
 # Reinstall only when the project's dependencies change.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,slurm]'
 	touch $@
 
 venv: $(VENV)/.installed

@@ -31,6 +31,17 @@ except WorkflowError as err:
     ) from None
 
 
+# On a cluster these run in the Snakemake process on the submitting node, not as SLURM jobs:
+# `fetch` needs the internet, which compute nodes often lack; `track_init`/`track` write one
+# SQLite file (results/mlflow/mlflow.db), whose locking is unreliable across NFS clients;
+# `tables` takes seconds. Without an executor every rule runs locally anyway.
+localrules:
+    fetch,
+    track_init,
+    track,
+    tables,
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
