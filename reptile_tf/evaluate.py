@@ -86,7 +86,8 @@ def make_chunk_scorer(model: Any, settings: Settings, mode: str) -> Callable:
     """tf.function (params, opt_state, seed, episodes) -> per-task metric `[T]` for one chunk.
 
     Adaptation starts from the meta parameters and, for an Adam inner loop, from the
-    training-time inner Adam moments (as the official Reptile code evaluates).
+    training-time inner Adam moments (as the official Reptile code evaluates), or from fresh
+    moments with `eval_adam_state="fresh"` (`adaptation_adam_state`).
     """
     import tensorflow as tf
 
@@ -136,6 +137,20 @@ def task_seeds(start: int, size: int) -> Any:
     return tf.stack([tf.fill([size], EVAL_SEED % (2**31 - 1)), indices], axis=1)
 
 
+def adaptation_adam_state(settings: Settings, state: dict) -> Any:
+    """The inner Adam state every evaluation task adapts from: the training-time one
+    (`eval_adam_state="training"`, the official code's `_full_state` restore) or None = fresh
+    moments (`"fresh"`). None as well when the run keeps no inner Adam state (SGD, MAML)."""
+    from reptile_tf import meta
+
+    choice = getattr(settings, "eval_adam_state", "training")
+    if choice not in ("training", "fresh"):
+        raise UserError(f"unknown eval_adam_state {choice!r}; choose training or fresh")
+    if choice == "fresh":
+        return None
+    return meta.inner_adam_from_state(state)
+
+
 def score_chunks(model: Any, settings: Settings, state: dict, get_chunk: Callable[[int, int], dict],
                  num_tasks: int, mode: str, chunk_size: int, progress: bool = True,
                  scorer: Callable | None = None) -> Any:
@@ -149,7 +164,7 @@ def score_chunks(model: Any, settings: Settings, state: dict, get_chunk: Callabl
     from reptile_tf import meta
 
     params = meta.params_from_state(state)
-    opt_state = meta.inner_adam_from_state(state)
+    opt_state = adaptation_adam_state(settings, state)
     scorer = scorer or make_chunk_scorer(model, settings, mode)
     results = []
     with tqdm(total=num_tasks, disable=not progress, desc=f"evaluate {mode}", unit="task",
@@ -266,10 +281,21 @@ def evaluate_run(run_dir: Path, modes: tuple[str, ...] = MODES, tasks: int | Non
     if data_dir is None:
         data_dir = Path(config.get(train.ENVIRONMENT_KEY, {}).get("data_dir") or train.DEFAULT_DATA_DIR)
     runtime.deterministic_runtime(xla=False)
+    # Before minutes of scoring: a run directory that cannot take eval.json fails now.
+    io.check_output_dir(run_dir, "RUN_DIR")
+    with io.write_errors_as_user_errors(f"free disk space or fix the permissions of {run_dir}, then re-run "
+                                        "`reptile-tf evaluate`"):
+        return _evaluate_into(run_dir, config, settings, modes, num_tasks, split, Path(data_dir), chunk_size,
+                              progress)
+
+
+def _evaluate_into(run_dir: Path, config: dict[str, Any], settings: Settings, modes: tuple[str, ...],
+                   num_tasks: int, split: str, data_dir: Path, chunk_size: int, progress: bool) -> dict[str, Any]:
+    from reptile_tf import runtime, train
 
     model = train.build_model(settings)
     state, iteration = train.load_run_state(run_dir, config)
-    get_chunk, info = episode_source(settings, split, num_tasks, Path(data_dir), config.get("protocol"))
+    get_chunk, info = episode_source(settings, split, num_tasks, data_dir, config.get("protocol"))
     computed: dict[str, tuple[dict[str, Any], str]] = {}
     for mode in modes:
         with runtime.precision_policy(bool(config.get("mixed_precision"))):
@@ -282,6 +308,7 @@ def evaluate_run(run_dir: Path, modes: tuple[str, ...] = MODES, tasks: int | Non
         computed[mode] = (entry, per_task_csv(per_task, settings))
 
     # Only now, with every mode computed, touch the run directory.
+    io.remove_stale_temp_files(run_dir, (EVAL_FILE, *(f"eval_{mode}.csv" for mode in MODES)))  # from a killed run
     eval_path = run_dir / EVAL_FILE
     result: dict[str, Any] = {}
     if eval_path.exists():

@@ -14,11 +14,14 @@ dimension T for per-task quantities), traceable in one `tf.function` per meta-ba
 
 Adam moments in the inner loop (Reptile/FOMAML): the official code keeps one Adam optimizer
 whose moments (and bias-correction step count) persist across tasks and meta-iterations,
-tasks being run one after another. Here tasks run in parallel, so each task starts from
-the shared moments, and after the meta-batch the shared moments become the mean of the
-tasks' final moments; the shared step count advances by the number of inner steps (each
-averaged moment has seen that many exponential-average updates, so the bias correction
-stays exact for it). MAML's inner loop (plain SGD in the paper) keeps no state; if Adam is
+tasks being run one after another. By default (`inner_adam_mode="parallel_mean"`) tasks run
+in parallel, so each task starts from the shared moments, and after the meta-batch the shared
+moments become the mean of the tasks' final moments; the shared step count advances by the
+number of inner steps (each averaged moment has seen that many exponential-average updates,
+so the bias correction stays exact for it). `inner_adam_mode="sequential"` computes the
+official semantics exactly: the tasks of a meta-batch run one after another inside the same
+compiled call (a `tf.while_loop` over tasks), each starting from the weights phi and from the
+Adam state the previous task ended with; the step count advances by tasks x inner steps. MAML's inner loop (plain SGD in the paper) keeps no state; if Adam is
 asked for, MAML starts every task from fresh moments. Second-order MAML through Adam is
 fragile: d sqrt(v)/dv is infinite where a gradient entry is exactly zero (dead ReLU units),
 which can give NaN meta-gradients; use SGD (the paper's choice) or `first_order=True`.
@@ -42,6 +45,8 @@ from reptile_tf.errors import UserError
 from reptile_tf.models import RNG_ALGORITHM, Model, Params, broadcast_params, mean_over_tasks
 
 INNER_OPTIMIZERS = ("sgd", "adam")
+LOSS_REDUCTIONS = ("mean", "sum")
+INNER_ADAM_MODES = ("parallel_mean", "sequential")
 # Outer Adam of MAML: TF1 `tf.train.AdamOptimizer` defaults, as in the MAML code.
 OUTER_ADAM_BETA1 = 0.9
 OUTER_ADAM_BETA2 = 0.999
@@ -69,12 +74,15 @@ class InnerConfig:
     epsilon: float = 1e-8
     first_order: bool = False
     unroll: bool = True
+    loss_reduction: str = "mean"  # "mean" or "sum" (official Reptile code) over a minibatch
 
     def __post_init__(self) -> None:
         if self.optimizer not in INNER_OPTIMIZERS:
             raise UserError(f"unknown inner optimizer {self.optimizer!r}; choose one of {', '.join(INNER_OPTIMIZERS)}")
         if not self.lr > 0:
             raise UserError(f"inner learning rate must be positive (got {self.lr})")
+        if self.loss_reduction not in LOSS_REDUCTIONS:
+            raise UserError(f"unknown loss_reduction {self.loss_reduction!r}; choose one of {', '.join(LOSS_REDUCTIONS)}")
 
     @classmethod
     def from_settings(cls, settings, evaluation: bool = False) -> "InnerConfig":
@@ -84,7 +92,8 @@ class InnerConfig:
             lr = settings.eval_inner_lr
         return cls(optimizer=settings.inner_optimizer, lr=float(lr), beta1=float(settings.adam_beta1),
                    beta2=float(settings.adam_beta2), epsilon=float(settings.adam_epsilon),
-                   first_order=bool(settings.first_order) or evaluation, unroll=not evaluation)
+                   first_order=bool(settings.first_order) or evaluation, unroll=not evaluation,
+                   loss_reduction=getattr(settings, "loss_reduction", "mean"))
 
 
 class InnerResult(NamedTuple):
@@ -209,18 +218,22 @@ def make_inner_batches(x: tf.Tensor, y: tf.Tensor, batch: int, steps: int, seed)
 
 
 def task_gradients(model: Model, params: Params, x: tf.Tensor, y: tf.Tensor,
-                   first_order: bool = False) -> tuple[Params, tf.Tensor, tf.Tensor]:
+                   first_order: bool = False, loss_reduction: str = "mean") -> tuple[Params, tf.Tensor, tf.Tensor]:
     """Per-task gradients `[T, ...]`, losses `[T]` and accuracies `[T]` on one minibatch per task.
 
     One gradient of the sum of the per-task losses w.r.t. the batched params: tasks are
     independent, so each task's slice is that task's own gradient. Differentiable again
-    (MAML) unless `first_order`.
+    (MAML) unless `first_order`. `loss_reduction="sum"` differentiates each task's summed
+    (not mean) minibatch loss, as the official Reptile code's `minimize` of the per-example
+    loss vector; the returned losses stay per-example means.
     """
     with tf.GradientTape() as tape:
         tape.watch(params)
         outputs = model.apply(params, x)
         losses = model.loss(outputs, y)
         total = tf.reduce_sum(losses)
+        if loss_reduction == "sum":
+            total = total * tf.cast(tf.shape(x)[1], total.dtype)
     grads = tape.gradient(total, params)
     if first_order:
         grads = {name: tf.stop_gradient(g) for name, g in grads.items()}
@@ -245,7 +258,7 @@ def _run_inner(model: Model, params: Params, get_batch: Callable, steps: int, cf
         prev, grads_per_step, losses, accuracies = params, [], [], []
         for step in range(steps):
             x, y = get_batch(step)
-            grads, loss, accuracy = task_gradients(model, params, x, y, cfg.first_order)
+            grads, loss, accuracy = task_gradients(model, params, x, y, cfg.first_order, cfg.loss_reduction)
             prev = params
             params, opt_state = _update(params, grads, opt_state, cfg)
             grads_per_step.append(grads)
@@ -257,7 +270,8 @@ def _run_inner(model: Model, params: Params, get_batch: Callable, steps: int, cf
 
     def body(step, params, prev, opt_state, losses, accuracies):
         x, y = get_batch(step)
-        grads, loss, accuracy = task_gradients(model, params, x, y, first_order=True)
+        grads, loss, accuracy = task_gradients(model, params, x, y, first_order=True,
+                                               loss_reduction=cfg.loss_reduction)
         new_params, opt_state = _update(params, grads, opt_state, cfg)
         return (step + 1, new_params, params, opt_state, losses.write(step, tf.cast(loss, loss_dtype)),
                 accuracies.write(step, accuracy))
@@ -281,6 +295,67 @@ def inner_loop(model: Model, params: Params, xs: tf.Tensor, ys: tf.Tensor, cfg: 
     if steps is None:
         raise UserError("inner_loop needs a static number of steps (xs.shape[1]); build xs with a fixed shape")
     return _run_inner(model, params, lambda i: (xs[:, i], ys[:, i]), steps, cfg, opt_state)
+
+
+def sequential_inner_loops(model: Model, params: Params, xs: tf.Tensor, ys: tf.Tensor, cfg: InnerConfig,
+                           adam: AdamState, tail_x: tf.Tensor | None = None,
+                           tail_y: tf.Tensor | None = None) -> tuple[InnerResult, AdamState]:
+    """The tasks of a meta-batch one after another with ONE carried Adam state (official code).
+
+    params: shared phi (no task dimension); xs `[T, k, b, ...]`, ys `[T, k, b]` (k may be 0 when
+    a tail is given); adam: the shared inner Adam state (moments without task dimension);
+    tail_x/tail_y `[T, n, ...]`: an optional final minibatch per task (FOMAML `tail_shots`).
+    Task t starts from phi and from the Adam state task t-1 ended with (m, v and the step count),
+    exactly `Reptile.train_step` of the official code, where `VariableState(tf.trainable_variables())`
+    restores only the weights between tasks. A `tf.while_loop` over tasks (one compiled call).
+    Returns (InnerResult with per-task `[T, ...]` params/prev_params, `[steps, T]` losses and
+    accuracies, grads=None, opt_state = the final carried state), final carried state).
+    """
+    num_tasks = xs.shape[0]
+    if num_tasks is None:
+        raise UserError("sequential inner loops need a static number of tasks (xs.shape[0])")
+    steps = xs.shape[1]
+    has_tail = tail_x is not None
+    total_steps = steps + (1 if has_tail else 0)
+    if total_steps < 1:
+        raise UserError("the inner loop needs at least one step; set inner_steps >= 1")
+    names = list(params)
+    loss_dtype = tf.float64 if next(iter(params.values())).dtype == tf.float64 else tf.float32
+
+    def body(i, m, v, t, finals, prevs, losses, accuracies):
+        task_params = {k: value[None] for k, value in params.items()}
+        state = {"m": {k: m[k][None] for k in names}, "v": {k: v[k][None] for k in names}, "t": t}
+        parts = []
+        if steps > 0:
+            result = inner_loop(model, task_params, tf.gather(xs, [i]), tf.gather(ys, [i]), cfg, state)
+            parts.append(result)
+            task_params, state = result.params, result.opt_state
+        if has_tail:
+            result = inner_loop(model, task_params, tf.gather(tail_x, [i])[:, None], tf.gather(tail_y, [i])[:, None],
+                                cfg, state)
+            parts.append(result)
+        state = result.opt_state
+        finals = [ta.write(i, result.params[k][0]) for ta, k in zip(finals, names)]
+        prevs = [ta.write(i, result.prev_params[k][0]) for ta, k in zip(prevs, names)]
+        losses = losses.write(i, tf.cast(tf.concat([part.losses for part in parts], axis=0)[:, 0], loss_dtype))
+        accuracies = accuracies.write(i, tf.concat([part.accuracies for part in parts], axis=0)[:, 0])
+        return (i + 1, {k: state["m"][k][0] for k in names}, {k: state["v"][k][0] for k in names}, state["t"],
+                finals, prevs, losses, accuracies)
+
+    def arrays():
+        return [tf.TensorArray(params[k].dtype, size=num_tasks, element_shape=params[k].shape) for k in names]
+
+    loop_vars = (tf.constant(0), dict(adam["m"]), dict(adam["v"]), adam["t"], arrays(), arrays(),
+                 tf.TensorArray(loss_dtype, size=num_tasks, element_shape=[total_steps]),
+                 tf.TensorArray(tf.float32, size=num_tasks, element_shape=[total_steps]))
+    _, m, v, t, finals, prevs, losses, accuracies = tf.while_loop(
+        lambda i, *_: i < num_tasks, body, loop_vars, maximum_iterations=num_tasks)
+    final_state = {"m": m, "v": v, "t": t}
+    result = InnerResult(params={k: ta.stack() for k, ta in zip(names, finals)},
+                         prev_params={k: ta.stack() for k, ta in zip(names, prevs)}, grads=None,
+                         losses=tf.transpose(losses.stack()), accuracies=tf.transpose(accuracies.stack()),
+                         opt_state=final_state)
+    return result, final_state
 
 
 # ----------------------------------------------------------------------------- outer updates
@@ -376,6 +451,10 @@ def _check_settings(settings) -> None:
         raise UserError(f"inner_steps must be >= 1 (got {settings.inner_steps})")
     if settings.algorithm == "fomaml" and settings.tail_shots > 0 and settings.inner_steps < 1:
         raise UserError("FOMAML with a tail minibatch needs inner_steps >= 1")
+    if hasattr(settings, "inner_adam_mode"):
+        from reptile_tf.settings import check_fidelity_options
+
+        check_fidelity_options(settings)
 
 
 def _keeps_inner_adam(settings) -> bool:
@@ -442,6 +521,17 @@ def meta_step(model: Model, settings, state: dict[str, tf.Tensor], batch: dict[s
         metrics["query_loss"] = tf.reduce_mean(tf.cast(query_losses, tf.float32))
         metrics["query_accuracy"] = tf.reduce_mean(query_accuracies)
         losses, accuracies = result.losses, result.accuracies
+    elif inner_adam_from_state(state) is not None and getattr(settings, "inner_adam_mode", "") == "sequential":
+        tail = settings.algorithm == "fomaml" and settings.tail_shots > 0
+        result, carried = sequential_inner_loops(
+            model, params, xs, ys, cfg, inner_adam_from_state(state),
+            batch["query_x"] if tail else None, batch["query_y"] if tail else None)
+        losses, accuracies = result.losses, result.accuracies
+        if settings.algorithm == "reptile":
+            new_params = reptile_update(params, result.params, outer_lr)
+        else:
+            new_params = fomaml_update(params, result.params, result.prev_params, outer_lr)
+        new_state.update(_flatten_adam("inner_adam", carried))
     else:
         task_params = broadcast_params(params, num_tasks)
         inner_adam = inner_adam_from_state(state)

@@ -4,11 +4,20 @@
     reptile-tf track RUN_DIR --experiment quick [--tracking-uri URI]  # after `reptile-tf evaluate`
 
 The run directory is the source of truth; MLflow mirrors it. One experiment per preset, one
-MLflow run per training job, found again by its `reptile_tf.run_key` tag, so logging is
-idempotent: tracking the same directory twice updates the same run (params are checked,
-training-curve steps already present are skipped, artifacts are overwritten). When a run
-directory was retrained with different hyperparameters, the stale MLflow run is deleted and
-a fresh one created, so there is still exactly one active run per training job.
+MLflow run per run directory and resolved configuration: its identity is the
+`reptile_tf.run_key` tag (dataset, ways, shots, algorithm, seed), the `run_dir` tag and the
+`reptile_tf.config_hash` tag (sha256 of config.json without its `environment` block). Logging
+is idempotent: tracking the same directory twice updates the same run (params are checked,
+training-curve steps already present are skipped, artifacts are overwritten). When the same
+directory was retrained with a different configuration, its stale MLflow run is deleted and a
+fresh one created; an MLflow run of another directory is never touched, even when its
+run_key is the same (e.g. the same setting trained for another number of iterations).
+
+Nothing is skipped silently: a run without DONE or eval.json is tracked with the tag
+`reptile_tf.status` = `training_incomplete` / `not_evaluated` (else `complete`) and a warning;
+metrics.jsonl lines that do not parse and non-finite values (not logged: MLflow cannot compare
+NaN) are counted in the tags `reptile_tf.metrics_dropped_lines` / `reptile_tf.metrics_nonfinite`
+with a warning. Warnings go to stderr and into the returned info (and the marker file).
 
 Default store: SQLite at results/mlflow/mlflow.db with artifacts under results/mlflow/artifacts.
 Browse it with `mlflow ui --backend-store-uri sqlite:///results/mlflow/mlflow.db --port 5000`.
@@ -18,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -28,10 +39,17 @@ from typing import Any, Iterator
 
 from reptile_tf.errors import UserError
 from reptile_tf.io import write_json_atomic
-from reptile_tf.tables import EVAL_MODES, RunRecord, load_run, plot_learning_curves, read_metrics
+from reptile_tf.tables import EVAL_MODES, RunRecord, load_run, plot_learning_curves
 
 DEFAULT_TRACKING_URI = "sqlite:///results/mlflow/mlflow.db"
 RUN_KEY_TAG = "reptile_tf.run_key"
+CONFIG_HASH_TAG = "reptile_tf.config_hash"
+RUN_DIR_TAG = "run_dir"
+STATUS_TAG = "reptile_tf.status"
+DROPPED_TAG = "reptile_tf.metrics_dropped_lines"
+NONFINITE_TAG = "reptile_tf.metrics_nonfinite"
+# How many problem locations a tag lists (MLflow tag values are bounded; the count is exact).
+_LISTED = 10
 MARKER_NAME = "mlflow.json"
 # metrics.jsonl keys that are not curve values
 _NOT_CURVES = {"iteration", "wall_time"}
@@ -107,12 +125,29 @@ def run_key(run: RunRecord) -> str:
     return f"{run.dataset}_{run.ways}w{run.shots}s/{run.algorithm}/seed{run.seed}"
 
 
+def config_hash(run_dir: Path) -> str:
+    """sha256 of config.json without `environment` (where and on what it ran, which a resume on
+    another machine changes): the resolved configuration a run directory was trained with."""
+    config = json.loads((Path(run_dir) / "config.json").read_text())
+    config = {k: v for k, v in config.items() if k != "environment"}
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def run_status(run: RunRecord) -> str:
+    """`complete` (DONE and eval.json), `not_evaluated` (DONE only) or `training_incomplete`."""
+    if not (run.path / "DONE").exists():
+        return "training_incomplete"
+    return "complete" if (run.path / "eval.json").is_file() else "not_evaluated"
+
+
 def run_tags(run: RunRecord, experiment: str) -> dict[str, str]:
     """Identity and provenance tags, all from config.json."""
     environment = run.config.get("environment") or {}
     data = run.config.get("data") or {}
     values = {
         RUN_KEY_TAG: run_key(run),
+        CONFIG_HASH_TAG: config_hash(run.path),
+        STATUS_TAG: run_status(run),
         "algorithm": run.algorithm, "dataset": run.dataset, "ways": run.ways, "shots": run.shots,
         "seed": run.seed, "preset": experiment,
         "git_commit": environment.get("git_commit") or run.config.get("git_commit") or run.config.get("code_version"),
@@ -123,7 +158,7 @@ def run_tags(run: RunRecord, experiment: str) -> dict[str, str]:
         "onednn": environment.get("onednn"),
         "cpu_class": environment.get("cpu_class"),
         "cpu_model": environment.get("cpu_model"),
-        "run_dir": str(run.path.resolve()),
+        RUN_DIR_TAG: str(run.path.resolve()),
     }
     return {k: str(v) for k, v in values.items() if v is not None}
 
@@ -142,20 +177,81 @@ def run_params(config: dict, prefix: str = "") -> dict[str, str]:
     return params
 
 
-def curve_metrics(run_dir: Path) -> list[tuple[str, float, int, int]]:
-    """(key, value, timestamp_ms, step) for every numeric value in metrics.jsonl."""
-    rows = []
-    for record in read_metrics(run_dir):
-        if "iteration" not in record:
+def read_metrics_lines(run_dir: Path) -> tuple[list[dict], list[int]]:
+    """(records, 1-based numbers of the lines that are not a JSON object with an iteration).
+
+    Unlike `tables.read_metrics`, which only needs the curve, this says what it dropped: a torn
+    last line is expected in a killed run, anything else means the file was damaged.
+    """
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return [], []
+    records, dropped = [], []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
             continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and "iteration" in record:
+            records.append(record)
+        else:
+            dropped.append(number)
+    return records, dropped
+
+
+def curve_rows(records: list[dict]) -> tuple[list[tuple[str, float, int, int]], list[tuple[str, int]]]:
+    """((key, value, timestamp_ms, step) for every finite numeric value, (key, step) of the
+    non-finite ones, which are not logged: NaN != NaN would re-log them on every call)."""
+    rows, nonfinite = [], []
+    for record in records:
         step = int(record["iteration"])
         # Timestamps come from the file (not the clock) so re-logging is recognisably identical.
         timestamp = int(1000 * float(record.get("wall_time") or 0))
         for key, value in record.items():
             if key in _NOT_CURVES or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            rows.append((f"train/{key}" if not key.startswith("val_") else key, float(value), timestamp, step))
-    return rows
+            name = f"train/{key}" if not key.startswith("val_") else key
+            if math.isfinite(value):
+                rows.append((name, float(value), timestamp, step))
+            else:
+                nonfinite.append((name, step))
+    return rows, nonfinite
+
+
+def curve_metrics(run_dir: Path) -> list[tuple[str, float, int, int]]:
+    """(key, value, timestamp_ms, step) for every finite numeric value in metrics.jsonl."""
+    return curve_rows(read_metrics_lines(run_dir)[0])[0]
+
+
+def _listed(items: list[str]) -> str:
+    return ", ".join(items[:_LISTED]) + (", ..." if len(items) > _LISTED else "")
+
+
+def data_quality(run: RunRecord, dropped: list[int],
+                 nonfinite: list[tuple[str, int]]) -> tuple[dict[str, str], list[str]]:
+    """(tags, warnings) saying what was not logged as it is and why; the tags are always set, so
+    a run fixed later reads 0 again."""
+    tags = {DROPPED_TAG: str(len(dropped)), NONFINITE_TAG: str(len(nonfinite))}
+    warnings = []
+    status = run_status(run)
+    if status == "training_incomplete":
+        warnings.append(f"{run.path}: training has not finished (no DONE); tracked with {STATUS_TAG}={status}")
+    elif status == "not_evaluated":
+        warnings.append(f"{run.path}: no eval.json (not evaluated yet); tracked with {STATUS_TAG}={status} "
+                        "and no test metrics")
+    if dropped:
+        lines = _listed([str(n) for n in dropped])
+        tags[DROPPED_TAG] += f" (lines {lines})"
+        warnings.append(f"{run.path / 'metrics.jsonl'}: {len(dropped)} line(s) are not valid metric records and "
+                        f"were not logged (lines {lines}); tag {DROPPED_TAG}")
+    if nonfinite:
+        where = _listed([f"{key} at {step}" for key, step in nonfinite])
+        tags[NONFINITE_TAG] += f" ({where})"
+        warnings.append(f"{run.path / 'metrics.jsonl'}: {len(nonfinite)} non-finite value(s) not logged ({where}); "
+                        f"tag {NONFINITE_TAG}")
+    return tags, warnings
 
 
 def final_metrics(run: RunRecord) -> list[tuple[str, float, int, int]]:
@@ -195,25 +291,40 @@ def latest_checkpoint_files(run_dir: Path) -> list[Path]:
 # ------------------------------------------------------------------------------- logging
 
 
+def same_training(candidate_tags: dict[str, str], candidate_params: dict[str, str], tags: dict[str, str],
+                  params: dict[str, str]) -> bool:
+    """Whether an MLflow run mirrors this directory's configuration (runs logged before the
+    config hash existed are recognised by their params)."""
+    logged_hash = candidate_tags.get(CONFIG_HASH_TAG)
+    if logged_hash is not None and logged_hash != tags[CONFIG_HASH_TAG]:
+        return False
+    # A param can be logged once per run: a retrained directory with other values needs a new run.
+    return all(candidate_params.get(k, v) == v for k, v in params.items())
+
+
 def find_or_create_run(client: Any, experiment_id: str, run: RunRecord, tags: dict[str, str],
                        params: dict[str, str]) -> str:
-    """The one active MLflow run of this training job: reused when its params match."""
+    """The one active MLflow run of this run directory and configuration.
+
+    Only runs of the same directory are candidates: one with the same configuration is reused,
+    others (the directory was retrained with other values) are deleted as stale. Runs of other
+    directories with the same run_key are left alone.
+    """
     from mlflow.entities import ViewType
 
     found = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{tags[RUN_KEY_TAG]}'",
                                run_view_type=ViewType.ACTIVE_ONLY, order_by=["attributes.start_time ASC"])
     keep = None
     for candidate in found:
-        logged = candidate.data.params
-        # A param can be logged once per run: a retrained directory with other values needs a new run.
-        consistent = all(logged.get(k, v) == v for k, v in params.items())
-        if keep is None and consistent:
+        if candidate.data.tags.get(RUN_DIR_TAG) != tags[RUN_DIR_TAG]:
+            continue  # another run directory's MLflow run: never ours to reuse or delete
+        if keep is None and same_training(candidate.data.tags, candidate.data.params, tags, params):
             keep = candidate.info.run_id
         else:
             client.delete_run(candidate.info.run_id)
     if keep is not None:
         return keep
-    name = tags[RUN_KEY_TAG].replace("/", "-")
+    name = f"{tags[RUN_KEY_TAG].replace('/', '-')}-{tags[CONFIG_HASH_TAG][:8]}"
     return client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
 
 
@@ -253,12 +364,19 @@ def log_artifacts(client: Any, run_id: str, run: RunRecord) -> None:
 
 def track_run(run_dir: str | Path, experiment: str, tracking_uri: str = DEFAULT_TRACKING_URI,
               artifacts: bool = True) -> dict[str, Any]:
-    """Mirror one run directory into MLflow; return {run_id, experiment_id, ...} (idempotent)."""
+    """Mirror one run directory into MLflow; return {run_id, experiment_id, ..., warnings} (idempotent).
+
+    An unfinished or unevaluated run is tracked too, tagged with its status and warned about.
+    """
     run = load_run(run_dir)
-    if not (run.path / "DONE").exists():
-        raise UserError(f"{run.path} has not finished training (no DONE); track it after `reptile-tf train` completes")
     tags = run_tags(run, experiment)
     params = run_params(run.config)
+    records, dropped = read_metrics_lines(run.path)
+    curve, nonfinite = curve_rows(records)
+    quality_tags, warnings = data_quality(run, dropped, nonfinite)
+    tags.update(quality_tags)
+    for warning in warnings:
+        print(f"reptile-tf track: warning: {warning}", file=sys.stderr)
     with store_lock(tracking_uri):
         client = make_client(tracking_uri)
         experiment_id = ensure_experiment(client, tracking_uri, experiment)
@@ -270,12 +388,15 @@ def track_run(run_dir: str | Path, experiment: str, tracking_uri: str = DEFAULT_
         for start in range(0, len(new_params), 100):  # MLflow: at most 100 params per batch
             client.log_batch(run_id, params=new_params[start:start + 100], synchronous=True)
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True)
-        logged_points = log_new_metrics(client, run_id, curve_metrics(run.path) + final_metrics(run))
+        logged_points = log_new_metrics(client, run_id, curve + final_metrics(run))
         if artifacts:
             log_artifacts(client, run_id, run)
-        client.set_terminated(run_id, "FINISHED")
+        if tags[STATUS_TAG] == "complete":
+            client.set_terminated(run_id, "FINISHED")
+        # else the MLflow run stays RUNNING (not ended): the status tag says what is missing
     return {"run_id": run_id, "experiment_id": experiment_id, "experiment": experiment,
-            "tracking_uri": tracking_uri, RUN_KEY_TAG: tags[RUN_KEY_TAG], "new_metric_points": logged_points}
+            "tracking_uri": tracking_uri, RUN_KEY_TAG: tags[RUN_KEY_TAG], CONFIG_HASH_TAG: tags[CONFIG_HASH_TAG],
+            "status": tags[STATUS_TAG], "new_metric_points": logged_points, "warnings": warnings}
 
 
 # ------------------------------------------------------------------------------- CLI

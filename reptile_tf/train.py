@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from reptile_tf import io
+from reptile_tf import settings as settings_table
 from reptile_tf.errors import UserError
 from reptile_tf.settings import ALGORITHMS, DATASETS, Settings, paper_settings
 
@@ -123,11 +125,19 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def resolve_settings(algorithm: str, dataset: str, ways: int, shots: int,
                      overrides: dict[str, Any] | None = None) -> Settings:
-    """Paper settings for the setting, then the explicit overrides on top.
+    """Paper settings for the setting, then the explicit overrides on top, validated.
 
     A setting without a published configuration works when every hyperparameter without a
     default is given explicitly.
     """
+    settings = merge_settings(algorithm, dataset, ways, shots, overrides)
+    validate_settings(settings)
+    return settings
+
+
+def merge_settings(algorithm: str, dataset: str, ways: int, shots: int,
+                   overrides: dict[str, Any] | None = None) -> Settings:
+    """`resolve_settings` without the value checks (the workflow reports them per config key)."""
     overrides = dict(overrides or {})
     try:
         base = paper_settings(algorithm, dataset, ways, shots)
@@ -138,29 +148,130 @@ def resolve_settings(algorithm: str, dataset: str, ways: int, shots: int,
         missing = [name for name in required if overrides.get(name) is None]
         if missing or algorithm not in ALGORITHMS or dataset not in DATASETS:
             raise
-        settings = Settings(algorithm=algorithm, dataset=dataset, ways=ways, shots=shots,
-                            **{k: v for k, v in overrides.items() if v is not None})
-    else:
-        settings = base.replace(**overrides)
-    validate_settings(settings)
-    return settings
+        return Settings(algorithm=algorithm, dataset=dataset, ways=ways, shots=shots,
+                        **{k: v for k, v in overrides.items() if v is not None})
+    return base.replace(**overrides)
+
+
+# Settings fields that count something: at least 1.
+POSITIVE_FIELDS = ("ways", "shots", "inner_steps", "meta_batch", "iterations", "train_shots", "queries",
+                   "eval_inner_steps", "eval_tasks", "eval_queries")
+# Fields that may be 0 (inner_batch/eval_inner_batch 0 = the whole support set; tail_shots 0 = no tail).
+NON_NEGATIVE_FIELDS = ("inner_batch", "eval_inner_batch", "tail_shots")
+LEARNING_RATE_FIELDS = ("inner_lr", "outer_lr", "eval_inner_lr")
+OPTIMIZERS = ("adam", "sgd")
+
+
+def flag_fields() -> list[str]:
+    """The Settings fields that are hyperparameter flags / workflow `overrides` keys."""
+    return [name for name in _field_types() if name not in _NOT_A_FLAG]
+
+
+def _type_problem(name: str, value: Any) -> str | None:
+    """Why `value` does not have the type Settings declares for `name` (None: it does)."""
+    annotation = _field_types()[name]
+    kind = _flag_type(annotation)
+    if value is None:
+        return None if type(None) in typing.get_args(annotation) else f"{name} is missing (null)"
+    if kind is bool:
+        return None if isinstance(value, bool) else f"{name}={value!r} must be true or false"
+    if isinstance(value, bool):  # bool is an int subclass: True is not a learning rate
+        return f"{name}={value!r} must be a number ({kind.__name__}), not a boolean"
+    if kind is float:
+        return None if isinstance(value, (int, float)) else f"{name}={value!r} must be a number"
+    if kind is int:
+        return None if isinstance(value, int) else f"{name}={value!r} must be an integer"
+    return None if isinstance(value, kind) else f"{name}={value!r} must be a {kind.__name__}"
+
+
+def settings_problems(settings: Settings) -> list[tuple[str, str]]:
+    """(field, what is wrong) for every problem that needs no data; [] for usable settings.
+
+    Pure and shared by the CLI (`validate_settings`) and the workflow's config check, so both
+    reject the same values with the same words.
+    """
+    problems: list[tuple[str, str]] = []
+    typed_ok = set()
+    for name in _field_types():
+        problem = _type_problem(name, getattr(settings, name))
+        if problem:
+            problems.append((name, problem))
+        else:
+            typed_ok.add(name)
+
+    def value(name: str) -> Any:
+        return getattr(settings, name) if name in typed_ok else None
+
+    for name in POSITIVE_FIELDS:
+        if value(name) is not None and value(name) < 1:
+            problems.append((name, f"{name}={value(name)} must be at least 1"))
+    for name in NON_NEGATIVE_FIELDS:
+        if value(name) is not None and value(name) < 0:
+            problems.append((name, f"{name}={value(name)} must be >= 0 (0 = "
+                                   f"{'no tail minibatch' if name == 'tail_shots' else 'the whole support set'})"))
+    # `nan <= 0` is False: without this a NaN learning rate passes and trains NaN parameters.
+    for name in (n for n, kind in _field_types().items() if _flag_type(kind) is float):
+        if value(name) is not None and not math.isfinite(value(name)):
+            problems.append((name, f"{name}={value(name)} is not a finite number"))
+            typed_ok.discard(name)
+    for name in LEARNING_RATE_FIELDS:
+        if value(name) is not None and value(name) <= 0:
+            problems.append((name, f"{name}={value(name)} must be positive (a learning rate)"))
+    if value("adam_beta1") is not None and not 0 <= value("adam_beta1") < 1:
+        problems.append(("adam_beta1", f"adam_beta1={value('adam_beta1')} must be in [0, 1)"))
+    if value("adam_beta2") is not None and not 0 <= value("adam_beta2") < 1:
+        problems.append(("adam_beta2", f"adam_beta2={value('adam_beta2')} must be in [0, 1)"))
+    if value("adam_epsilon") is not None and value("adam_epsilon") <= 0:
+        problems.append(("adam_epsilon", f"adam_epsilon={value('adam_epsilon')} must be positive"))
+    for name in ("inner_optimizer", "outer_optimizer"):
+        if value(name) is not None and value(name) not in OPTIMIZERS:
+            problems.append((name, f"{name}={value(name)!r} is not supported; use 'adam' or 'sgd'"))
+    # Choices added by other settings modules (e.g. the fidelity options): their allowed values.
+    for name, (_, allowed) in getattr(settings_table, "FIDELITY_OPTIONS", {}).items():
+        if value(name) is not None and value(name) not in allowed:
+            problems.append((name, f"{name}={value(name)!r} is not supported; use one of {', '.join(allowed)}"))
+    if (value("algorithm") == "fomaml" and (value("tail_shots") or 0) > 0 and value("train_shots") is not None
+            and value("train_shots") <= value("tail_shots")):
+        problems.append(("train_shots", f"FOMAML with tail_shots={value('tail_shots')} needs train_shots > "
+                                        f"tail_shots (got train_shots={value('train_shots')})"))
+    return problems
 
 
 def validate_settings(settings: Settings) -> None:
     """Checks that need no data (the data-dependent ones are in `check_task_shape`)."""
-    positive = ["ways", "shots", "inner_steps", "meta_batch", "iterations", "train_shots",
-                "queries", "eval_inner_steps", "eval_tasks", "eval_queries"]
-    bad = [f"{name}={getattr(settings, name)}" for name in positive if getattr(settings, name) < 1]
-    if bad:
-        raise UserError(f"these settings must be at least 1: {', '.join(bad)}; pass positive values")
-    if settings.inner_lr <= 0 or settings.outer_lr <= 0:
-        raise UserError(f"learning rates must be positive (inner_lr={settings.inner_lr}, "
-                        f"outer_lr={settings.outer_lr})")
-    for name in ("inner_optimizer", "outer_optimizer"):
-        if getattr(settings, name) not in ("adam", "sgd"):
-            raise UserError(f"{name}={getattr(settings, name)!r} is not supported; use 'adam' or 'sgd'")
-    if settings.inner_batch < 0 or settings.eval_inner_batch < 0:
-        raise UserError("inner_batch and eval_inner_batch must be >= 0 (0 = the whole support set)")
+    problems = settings_problems(settings)
+    if problems:
+        raise UserError(f"invalid hyperparameters: {'; '.join(message for _, message in problems)}. "
+                        "Pass other values (`reptile-tf train --help` lists the flags).")
+
+
+def override_value(name: str, value: Any) -> Any:
+    """`value` as `reptile-tf train --<name> <value>` would receive it; UserError naming `name`
+    when the CLI would reject it or `name` is not a hyperparameter.
+
+    The workflow checks its `overrides` with this before any job runs, so the config and the
+    CLI accept exactly the same names and values (both come from the Settings table).
+    """
+    known = flag_fields()
+    if name not in known:
+        raise UserError(f"unknown hyperparameter {name!r}; known: {', '.join(known)}")
+    kind = _flag_type(_field_types()[name])
+    if value is None:
+        raise UserError(f"{name}: null is not a value; remove the key to keep the paper's value")
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{name}={value!r} must be true or false")
+        return value
+    if isinstance(value, bool):
+        raise UserError(f"{name}={value!r} must be a {kind.__name__}, not a boolean")
+    try:
+        # What argparse does with the flag's text (YAML 1.1 reads `1e-3` as a string; the CLI takes it).
+        converted = kind(str(value))
+    except ValueError:
+        raise UserError(f"{name}={value!r} is not {'an' if kind is int else 'a'} {kind.__name__}") from None
+    if kind is float and not math.isfinite(converted):
+        raise UserError(f"{name}={value!r} is not a finite number")
+    return converted
 
 
 def check_task_shape(settings: Settings, num_classes: int, images_per_class: int, split: str,
@@ -523,6 +634,69 @@ def latest_checkpoint(run_dir: Path) -> str | None:
     return tf.train.latest_checkpoint(str(run_dir / CHECKPOINT_DIR))
 
 
+def _tf_error_reason(err: BaseException) -> str:
+    """The OS-level reason at the end of a TensorFlow I/O error ('...; No space left on device [Op:SaveV2]')."""
+    text = str(getattr(err, "message", None) or err).strip().splitlines()
+    last = text[-1] if text else type(err).__name__
+    last = last.split(" [Op:")[0]
+    return last.rsplit("; ", 1)[-1].strip() or type(err).__name__
+
+
+def referenced_checkpoints(run_dir: Path) -> set[str]:
+    """Prefix names (`ckpt-N`) the manager's state file lists; empty without a state file."""
+    import tensorflow as tf
+
+    state = tf.train.get_checkpoint_state(str(run_dir / CHECKPOINT_DIR))
+    if state is None:
+        return set()
+    return {Path(p).name for p in [*state.all_model_checkpoint_paths, state.model_checkpoint_path] if p}
+
+
+def clean_checkpoint_dir(run_dir: Path) -> list[str]:
+    """Remove what a killed or failed save left behind; return the removed names.
+
+    A save writes `ckpt-N_temp/` and merges it into `ckpt-N.index` + `ckpt-N.data-*`, then
+    rewrites the `checkpoint` state file (via `checkpoint.tmp<hex>`), then deletes the oldest
+    checkpoint. Interrupted anywhere, it can leave the temp directory, a temp state file, or
+    checkpoint files the state file does not list (never restored, never deleted by the
+    manager). Referenced checkpoints are never touched.
+    """
+    import shutil
+
+    directory = run_dir / CHECKPOINT_DIR
+    if not directory.is_dir():
+        return []
+    keep = referenced_checkpoints(run_dir)
+    removed = []
+    for path in sorted(directory.iterdir()):
+        name = path.name
+        stale = (name.startswith("ckpt-") and name.endswith("_temp")) or name.startswith("checkpoint.tmp")
+        if not stale and name.startswith("ckpt-") and (name.endswith(".index") or ".data-" in name):
+            stale = name.split(".", 1)[0] not in keep
+        if stale:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed.append(name)
+    return removed
+
+
+def save_checkpoint(manager: Any, iteration: int, run_dir: Path, last_saved: int) -> None:
+    """`manager.save` as checkpoint `iteration`; a failed write (disk full, permissions) is a
+    UserError and leaves no partial `ckpt-N` files or `ckpt-N_temp` directory."""
+    import tensorflow as tf
+
+    try:
+        manager.save(checkpoint_number=iteration)
+    except (tf.errors.OpError, OSError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else _tf_error_reason(err)
+        try:
+            clean_checkpoint_dir(run_dir)
+        except OSError:
+            pass  # the save error is the one to report
+        resume = f"iteration {last_saved}" if last_saved else "the start"
+        raise UserError(f"cannot write checkpoint {iteration} to {run_dir / CHECKPOINT_DIR} ({reason}); free disk "
+                        f"space or fix the permissions, then re-run the same command to resume from {resume}") from None
+
+
 def load_run_state(run_dir: Path, config: dict[str, Any]) -> tuple[dict, int]:
     """Restore the final checkpoint of a run: (meta state dict of tensors, iteration)."""
     settings = settings_from_config(config)
@@ -568,9 +742,78 @@ def build_step(model: Any, settings: Settings, variables: TrainingVariables, sam
         new_state, metrics = meta.meta_step(model, settings, state, batch, outer_lr_at(settings, iteration))
         tf.nest.map_structure(lambda v, t: v.assign(t), variables.state, new_state)
         variables.iteration.assign_add(1)
-        return metrics
+        return metrics, health_signals(metrics, new_state)
 
     return step
+
+
+# ------------------------------------------------------------------ numerical health
+
+# A healthy run never comes near these: the cross-entropy starts at log(ways) (1.6 for 5-way)
+# and falls, the sine MSE starts near 4, and conv-net weights stay O(1). `--inner-lr 1e8`
+# reached a loss of 6e17 with every value still finite, so finiteness alone misses it.
+LOSS_LIMIT = 1e6
+PARAM_LIMIT = 1e6
+LOSS_KEYS = ("loss", "query_loss")
+
+
+def health_signals(metrics: dict, state: dict) -> dict:
+    """In-graph scalars saying whether a meta-step stayed numerically sound (a few reductions
+    over the state: cheap next to the step, so every iteration is checked, not only logged ones)."""
+    import tensorflow as tf
+
+    def all_finite(tensors: list) -> Any:
+        return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])) if tensors \
+            else tf.constant(True)
+
+    losses = tf.stack([tf.cast(metrics[k], tf.float32) for k in LOSS_KEYS if k in metrics])
+    params = [v for k, v in state.items() if k.startswith("params/")]
+    slots = [v for k, v in state.items() if not k.startswith("params/") and v.dtype.is_floating]
+    return {
+        "loss_finite": all_finite([losses]),
+        "params_finite": all_finite(params),
+        "slots_finite": all_finite(slots),
+        "max_loss": tf.reduce_max(tf.abs(losses)),
+        "max_param": tf.reduce_max(tf.stack([tf.reduce_max(tf.abs(tf.cast(v, tf.float32))) for v in params])),
+    }
+
+
+class TrainingDiverged(UserError):
+    """Training stopped because the loss or the parameters stopped being usable numbers."""
+
+
+def likely_cause(settings: Settings) -> str:
+    """Which flag to change: the learning rate furthest above the paper's value, else both."""
+    try:
+        paper = paper_settings(settings.algorithm, settings.dataset, settings.ways, settings.shots)
+    except UserError:
+        paper = None
+    labels = {"inner_lr": "the inner-loop step is too large", "outer_lr": "the outer (meta) step is too large"}
+    if paper is not None:
+        ratios = {name: getattr(settings, name) / getattr(paper, name) for name in labels}
+        name = max(ratios, key=ratios.get)
+        if ratios[name] > 1:
+            return (f"likely cause: {labels[name]}; lower --{name.replace('_', '-')} (now {getattr(settings, name):g}, "
+                    f"the paper's value for this setting is {getattr(paper, name):g})")
+    return (f"likely cause: a step size too large for this setting; lower --inner-lr (now {settings.inner_lr:g}) "
+            f"or --outer-lr (now {settings.outer_lr:g})")
+
+
+def diagnose(health: dict[str, Any], iteration: int, settings: Settings) -> str | None:
+    """One line naming the iteration, the quantity and the likely cause; None when healthy."""
+    if not health["loss_finite"]:
+        quantity = f"the training loss is not finite ({float(health['max_loss'])})"
+    elif not health["params_finite"]:
+        quantity = "the meta-parameters are not finite"
+    elif not health["slots_finite"]:
+        quantity = "the optimizer's Adam moments are not finite"
+    elif float(health["max_loss"]) > LOSS_LIMIT:
+        quantity = f"the training loss reached {float(health['max_loss']):.3g} (limit {LOSS_LIMIT:g})"
+    elif float(health["max_param"]) > PARAM_LIMIT:
+        quantity = f"a meta-parameter reached {float(health['max_param']):.3g} in magnitude (limit {PARAM_LIMIT:g})"
+    else:
+        return None
+    return f"training diverged at iteration {iteration}: {quantity}; {likely_cause(settings)}"
 
 
 def make_validator(model: Any, settings: Settings, val_episodes: dict) -> Callable[[dict], dict[str, float]]:
@@ -597,20 +840,51 @@ def train(settings: Settings, seed: int, run_dir: Path, options: RunOptions = Ru
     """Meta-train into `run_dir` (resuming from its last checkpoint); returns run_dir.
 
     `train_images` lets callers (tests) pass an already loaded training split.
+    Disk-full and permission errors of any write are UserErrors (one line, no traceback).
     """
-    import tensorflow as tf
-
     validate_settings(settings)
-    for name in ("checkpoint_every", "log_every", "keep_checkpoints"):
-        if getattr(options, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if options.val_every < 0 or options.val_tasks < 1:
-        raise UserError("--val-every must be >= 0 and --val-tasks >= 1")
+    validate_options(options)
     from reptile_tf import runtime
 
     runtime.deterministic_runtime(options.xla)
     run_dir = Path(run_dir)
     model = build_model(settings)
+    state = initial_state(model, settings, seed)
+    if not (run_dir / DONE_FILE).exists():  # a finished run is only compared, never written
+        # Before the data is loaded (a minute or more): a bad --out fails now, not at the first write.
+        io.check_output_dir(run_dir, "--out", needed_bytes(settings, options, state), subdirs=(CHECKPOINT_DIR,),
+                            appended=(METRICS_FILE,))
+    with io.write_errors_as_user_errors(f"free disk space or fix the permissions of {run_dir}, then re-run "
+                                        "the same command to resume from the last checkpoint"):
+        return _train_into(settings, seed, run_dir, options, data_dir, progress, train_images, model, state)
+
+
+def validate_options(options: RunOptions) -> None:
+    for name in ("checkpoint_every", "log_every", "keep_checkpoints"):
+        if getattr(options, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if options.val_every < 0 or options.val_tasks < 1:
+        raise UserError("--val-every must be >= 0 and --val-tasks >= 1")
+
+
+# Room for config.json, metrics lines beyond the estimate, the DONE marker and file-system slack.
+OUTPUT_MARGIN_BYTES = 1 << 20
+METRICS_LINE_BYTES = 300
+
+
+def needed_bytes(settings: Settings, options: RunOptions, state: dict) -> int:
+    """Disk space a run needs at most: `keep_checkpoints` checkpoints plus the one being written
+    (the manager deletes the oldest only after the new one is complete), metrics.jsonl, margin."""
+    import numpy as np
+
+    state_bytes = sum(np.asarray(value).nbytes for value in state.values())
+    lines = settings.iterations // options.log_every + 1
+    return state_bytes * (options.keep_checkpoints + 1) + lines * METRICS_LINE_BYTES + OUTPUT_MARGIN_BYTES
+
+
+def _train_into(settings: Settings, seed: int, run_dir: Path, options: RunOptions, data_dir: Path | None,
+                progress: bool, train_images: Any, model: Any, state: dict) -> Path:
+    from reptile_tf import runtime
 
     source = make_task_source(settings, data_dir, options.protocol, train_images)
     environment = dict(environment_info(model),
@@ -621,7 +895,10 @@ def train(settings: Settings, seed: int, run_dir: Path, options: RunOptions = Ru
         print(f"reptile-tf train: {run_dir} is already complete (DONE exists)", file=sys.stderr)
         return run_dir
 
-    variables = make_variables(initial_state(model, settings, seed), seed)
+    # Leftovers of a save or an atomic write that a kill interrupted.
+    clean_checkpoint_dir(run_dir)
+    io.remove_stale_temp_files(run_dir, (CONFIG_FILE, METRICS_FILE, DONE_FILE))
+    variables = make_variables(state, seed)
     manager = checkpoint_manager(variables, run_dir, options.keep_checkpoints)
     if manager.latest_checkpoint:
         restore_checkpoint(variables, manager.latest_checkpoint, run_dir)
@@ -629,6 +906,8 @@ def train(settings: Settings, seed: int, run_dir: Path, options: RunOptions = Ru
             raise UserError(f"checkpoint seed {int(variables.seed.numpy())} differs from --seed {seed}; "
                             "use a new --out")
     start = int(variables.iteration.numpy())
+    # metrics.jsonl is appended before each checkpoint (so a kill between the two loses no
+    # line); lines past the checkpoint a resume starts from are dropped here, before any append.
     trim_metrics(run_dir / METRICS_FILE, start)
     if start > 0:
         record_resume(run_dir, start, environment)
@@ -641,7 +920,7 @@ def train(settings: Settings, seed: int, run_dir: Path, options: RunOptions = Ru
 
 def _train_loop(settings: Settings, model: Any, variables: TrainingVariables, manager: Any, source: TaskSource,
                 options: RunOptions, seed: int, start: int, run_dir: Path, progress: bool) -> None:
-    """Iterations start+1 .. settings.iterations: step, log, validate, checkpoint."""
+    """Iterations start+1 .. settings.iterations: step, check health, log, validate, checkpoint."""
     import numpy as np
     from tqdm.auto import tqdm
 
@@ -649,11 +928,20 @@ def _train_loop(settings: Settings, model: Any, variables: TrainingVariables, ma
     step = build_step(model, settings, variables, source.sample, seed, options.xla)
     validate = make_validator(model, settings, source.validation(options.val_tasks)) if options.val_every else None
     total = settings.iterations
+    last_saved = start
     bar = tqdm(total=total, initial=start, disable=not progress, desc=f"{settings.algorithm} {settings.dataset}",
                unit="it", dynamic_ncols=True, file=sys.stderr)
     try:
         for iteration in range(start + 1, total + 1):
-            metrics = step()
+            metrics, health = step()
+            # Every iteration, before anything is logged or saved: a diverged state never
+            # reaches metrics.jsonl or a checkpoint, and the run stops at once.
+            problem = diagnose({k: v.numpy() for k, v in health.items()}, iteration, settings)
+            if problem:
+                kept = (f"the last good checkpoint (iteration {last_saved}) is kept" if last_saved
+                        else "no checkpoint was written")
+                raise TrainingDiverged(f"{problem}. Stopped without DONE; {kept}. Retrain with other values "
+                                       "into a new --out.")
             record: dict[str, Any] = {}
             if iteration % options.log_every == 0 or iteration == total:
                 # The logged iteration's own meta-batch metrics (not a window mean), so a
@@ -667,7 +955,8 @@ def _train_loop(settings: Settings, model: Any, variables: TrainingVariables, ma
                 bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "accuracy",
                                                                                      "val_accuracy", "val_mse")})
             if iteration % options.checkpoint_every == 0 or iteration == total:
-                manager.save(checkpoint_number=iteration)
+                save_checkpoint(manager, iteration, run_dir, last_saved)
+                last_saved = iteration
             bar.update(1)
     finally:
         bar.close()

@@ -502,3 +502,127 @@ def test_bad_algorithm_and_optimizers_are_user_errors():
                        sample_sine_tasks(2, 10, 0, tf.constant([0, 0])), 0.001)
     with pytest.raises(UserError, match="minibatch schedule"):
         meta.minibatch_schedule(0, 5, 3, tf.constant([0, 0]))
+
+
+# ----------------------------------------------------------------------------- official-code semantics (issue 16)
+
+
+def _reference_sequential_meta_step(model, settings, state, batch, outer_lr):
+    """The official `Reptile.train_step` / `FOML.train_step`: tasks one after another with ONE
+    Adam state (m, v, step count) carried from task to task; only the weights are reset to phi."""
+    phi = {k: v.numpy() for k, v in meta.params_from_state(state).items()}
+    tail = settings.algorithm == "fomaml" and settings.tail_shots > 0
+    steps = settings.inner_steps - (1 if tail else 0)
+    xs, ys = meta.make_inner_batches(batch["support_x"], batch["support_y"], settings.inner_batch, steps,
+                                     meta.schedule_seed(state))
+    hp = (settings.inner_lr, settings.adam_beta1, settings.adam_beta2, settings.adam_epsilon)
+    m = {k: state[f"inner_adam/m/{k}"].numpy() for k in phi}
+    v = {k: state[f"inner_adam/v/{k}"].numpy() for k in phi}
+    count = float(state["inner_adam/t"])
+    finals, changes = [], []
+    for t in range(xs.shape[0]):
+        p = dict(phi)
+        minibatches = [(xs[t, i].numpy(), ys[t, i].numpy()) for i in range(steps)]
+        if tail:
+            minibatches.append((batch["query_x"][t].numpy(), batch["query_y"][t].numpy()))
+        for x, y in minibatches:
+            before = p
+            p, m, v, count = _ref_adam(p, _task_grad(model, p, x, y), m, v, count, *hp)
+        finals.append(p)
+        changes.append({k: p[k] - before[k] for k in p})
+    if settings.algorithm == "reptile":
+        new_phi = {k: phi[k] + outer_lr * np.mean([f[k] - phi[k] for f in finals], axis=0) for k in phi}
+    else:
+        new_phi = {k: phi[k] + outer_lr * np.mean([c[k] for c in changes], axis=0) for k in phi}
+    return new_phi, m, v, count
+
+
+@pytest.mark.parametrize("algorithm", ["reptile", "fomaml"])
+def test_sequential_inner_adam_equals_a_task_loop_with_one_carried_adam_state(algorithm):
+    model = get_model("omniglot", 3)
+    settings = paper_settings(algorithm, "omniglot", 5, 1).replace(
+        ways=3, train_shots=3, inner_steps=3, meta_batch=3, inner_batch=4, inner_lr=0.01,
+        inner_adam_mode="sequential")
+    state = meta.init_meta_state(model, model.init(5, tf.float64), settings, seed=2)
+    tail = settings.tail_shots if algorithm == "fomaml" else 1
+    step = tf.function(lambda s, b, lr: meta.meta_step(model, settings, s, b, lr))
+    state, _ = step(state, _to64(_classification_batch(3, 3, 3, tail, seed=30)), tf.constant(0.7, tf.float64))
+    assert float(state["inner_adam/t"]) == 3 * 3  # tasks x inner steps, not inner steps
+    batch = _to64(_classification_batch(3, 3, 3, tail, seed=31))
+    want_phi, want_m, want_v, want_t = _reference_sequential_meta_step(model, settings, state, batch, 0.5)
+    new_state, metrics = step(state, batch, tf.constant(0.5, tf.float64))
+    _assert_params_close(meta.params_from_state(new_state), want_phi, rtol=1e-9, atol=1e-11)
+    adam = meta.inner_adam_from_state(new_state)
+    _assert_params_close(adam["m"], want_m, rtol=1e-9, atol=1e-14)
+    _assert_params_close(adam["v"], want_v, rtol=1e-9, atol=1e-18)
+    assert float(adam["t"]) == want_t == 2 * 3 * 3
+    assert np.isfinite(float(metrics["loss"])) and 0 <= float(metrics["accuracy"]) <= 1
+
+
+def test_sequential_and_parallel_mean_differ_only_in_the_adam_state_carried():
+    model = get_model("omniglot", 3)
+    base = paper_settings("reptile", "omniglot", 5, 1).replace(ways=3, train_shots=2, inner_steps=2, meta_batch=2,
+                                                               inner_batch=3)
+    state = meta.init_meta_state(model, model.init(1, tf.float64), base, seed=0)
+    batch = _to64(_classification_batch(2, 3, 2, 1, seed=33))
+    parallel, _ = meta.meta_step(model, base, state, batch, tf.constant(1.0, tf.float64))
+    sequential, _ = meta.meta_step(model, base.replace(inner_adam_mode="sequential"), state, batch,
+                                   tf.constant(1.0, tf.float64))
+    assert float(parallel["inner_adam/t"]) == 2 and float(sequential["inner_adam/t"]) == 4
+    # fresh moments + beta1 = 0: the first task of both modes takes the same first step, but the
+    # second task starts from the first one's moments only in sequential mode
+    assert not np.allclose(parallel["params/dense/kernel"].numpy(), sequential["params/dense/kernel"].numpy())
+
+
+def test_default_inner_adam_mode_and_loss_reduction_are_the_previous_computation_bit_for_bit():
+    # meta_step with the defaults = the explicit parallel composition (broadcast moments, batched inner
+    # loop, mean of the moments): exactly what meta_step computed before the options existed
+    # (checked once against the previous meta.py: bit-identical states and adaptations).
+    model = get_model("omniglot", 5)
+    settings = paper_settings("reptile", "omniglot", 5, 1).replace(train_shots=2, meta_batch=3)
+    explicit = settings.replace(inner_adam_mode="parallel_mean", loss_reduction="mean")
+    assert explicit == settings
+    state = meta.init_meta_state(model, model.init(0), settings, seed=1)
+    batch = _classification_batch(3, 5, 2, 1, seed=34)
+    state, _ = meta.meta_step(model, settings, state, batch, tf.constant(1.0))
+    got, _ = meta.meta_step(model, settings, state, batch, tf.constant(0.5))
+    xs, ys = meta.make_inner_batches(batch["support_x"], batch["support_y"], settings.inner_batch,
+                                     settings.inner_steps, meta.schedule_seed(state))
+    adam = meta.inner_adam_from_state(state)
+    opt = {"m": broadcast_params(adam["m"], 3), "v": broadcast_params(adam["v"], 3), "t": adam["t"]}
+    phi = meta.params_from_state(state)
+    result = meta.inner_loop(model, broadcast_params(phi, 3), xs, ys, meta.InnerConfig.from_settings(settings), opt)
+    want = meta.reptile_update(phi, result.params, tf.constant(0.5))
+    for name in phi:
+        np.testing.assert_array_equal(got[f"params/{name}"].numpy(), want[name].numpy())
+        np.testing.assert_array_equal(got[f"inner_adam/v/{name}"].numpy(),
+                                      tf.reduce_mean(result.opt_state["v"][name], axis=0).numpy())
+    assert float(got["inner_adam/t"]) == 2 * settings.inner_steps
+
+
+def test_sum_loss_reduction_scales_the_inner_gradient_by_the_batch_size():
+    model = get_model("omniglot", 3)
+    phi = broadcast_params(model.init(2, tf.float64), 2)
+    batch = _to64(_classification_batch(2, 3, 4, 1, seed=35))
+    x, y = batch["support_x"], batch["support_y"]
+    mean_grads, mean_loss, _ = meta.task_gradients(model, phi, x, y)
+    sum_grads, sum_loss, _ = meta.task_gradients(model, phi, x, y, loss_reduction="sum")
+    np.testing.assert_array_equal(sum_loss.numpy(), mean_loss.numpy())  # reported losses stay means
+    _assert_params_close(sum_grads, {k: 12 * g for k, g in mean_grads.items()}, rtol=1e-10, atol=1e-12)
+    # SGD: sum with lr / batch = mean with lr; the option reaches the inner loop through InnerConfig
+    settings = paper_settings("reptile", "omniglot", 5, 1).replace(inner_optimizer="sgd", inner_lr=0.12)
+    xs, ys = meta.make_inner_batches(x, y, 4, 3, tf.constant([1, 2]))
+    mean_run = meta.inner_loop(model, phi, xs, ys, meta.InnerConfig.from_settings(settings))
+    sum_cfg = meta.InnerConfig.from_settings(settings.replace(inner_lr=0.03, loss_reduction="sum"))
+    assert sum_cfg.loss_reduction == "sum"
+    _assert_params_close(meta.inner_loop(model, phi, xs, ys, sum_cfg).params, mean_run.params, rtol=1e-10, atol=1e-12)
+    with pytest.raises(UserError, match="loss_reduction"):
+        meta.InnerConfig(loss_reduction="max")
+
+
+def test_unknown_fidelity_option_values_are_user_errors():
+    model = get_model("sine", 1)
+    good = paper_settings("reptile", "sine", 1, 10)
+    for field, value in (("inner_adam_mode", "parallel"), ("loss_reduction", "max"), ("eval_adam_state", "warm")):
+        with pytest.raises(UserError, match=field):
+            meta.init_meta_state(model, model.init(0), good.replace(**{field: value}))

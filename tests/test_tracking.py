@@ -98,11 +98,98 @@ def test_retrained_run_with_other_params_replaces_the_stale_run(store):
     assert runs[0].data.params["inner_lr"] == "0.002"
 
 
-def test_unfinished_run_is_user_error(store):
-    run, uri, _ = store
-    (run / "DONE").unlink()
-    assert cli_main(["track", str(run), "--experiment", "x", "--tracking-uri", uri]) == 2
+def test_cli_without_run_dirs_is_user_error(store):
+    _, uri, _ = store
     assert cli_main(["track", "--experiment", "x", "--tracking-uri", uri]) == 2
+
+
+def test_same_key_in_another_run_directory_never_touches_the_first_run(store, tmp_path):
+    """Issue 14 item 6: the second directory (same dataset/ways/shots/algorithm/seed, other
+    iterations) used to soft-delete the first directory's MLflow run."""
+    first_dir, uri, _ = store
+    second_dir = make_run(tmp_path / "other", "reptile", "omniglot", 5, 1, 0,
+                          {"transductive": (90.0, 0.5), "non_transductive": (88.0, 0.5)}, curve=3)
+    # The same configuration in a third directory: still its own MLflow run.
+    third_dir = make_run(tmp_path / "third", "reptile", "omniglot", 5, 1, 0,
+                         {"transductive": (97.5, 0.2), "non_transductive": (95.0, 0.3)}, curve=5)
+    first = tracking.track_run(first_dir, "keys", uri, artifacts=False)
+    second = tracking.track_run(second_dir, "keys", uri, artifacts=False)
+    third = tracking.track_run(third_dir, "keys", uri, artifacts=False)
+    assert first[tracking.RUN_KEY_TAG] == second[tracking.RUN_KEY_TAG] == third[tracking.RUN_KEY_TAG]
+    assert first[tracking.CONFIG_HASH_TAG] != second[tracking.CONFIG_HASH_TAG]
+    assert first[tracking.CONFIG_HASH_TAG] == third[tracking.CONFIG_HASH_TAG]
+    assert len({first["run_id"], second["run_id"], third["run_id"]}) == 3
+    client, runs = search(uri, "keys")
+    assert {r.info.run_id for r in runs} == {first["run_id"], second["run_id"], third["run_id"]}  # none deleted
+    assert client.get_run(first["run_id"]).data.params["iterations"] == "50"
+    assert client.get_run(second["run_id"]).data.params["iterations"] == "30"
+    # Tracking each again: the same runs, nothing new, nothing deleted.
+    again = [tracking.track_run(d, "keys", uri, artifacts=False) for d in (first_dir, second_dir, third_dir)]
+    assert [a["run_id"] for a in again] == [first["run_id"], second["run_id"], third["run_id"]]
+    assert all(a["new_metric_points"] == 0 for a in again)
+    assert len(search(uri, "keys")[1]) == 3
+
+
+def test_config_hash_ignores_the_environment_block(tmp_path):
+    run = make_run(tmp_path, "maml", "omniglot", 5, 1, 0, None)
+    config = json.loads((run / "config.json").read_text())
+    before = tracking.config_hash(run)
+    (run / "config.json").write_text(json.dumps(dict(config, environment={"cpu_model": "elsewhere"})))
+    assert tracking.config_hash(run) == before
+    config["settings"]["iterations"] += 1
+    (run / "config.json").write_text(json.dumps(config))
+    assert tracking.config_hash(run) != before
+
+
+def test_incomplete_runs_are_tracked_with_a_status_tag_and_a_warning(store, capsys):
+    """Used to be refused (no DONE) or logged as FINISHED without test metrics (no eval.json)."""
+    run, uri, _ = store
+    eval_json = (run / "eval.json").read_text()
+    (run / "DONE").unlink()
+    (run / "eval.json").unlink()
+    assert cli_main(["track", str(run), "--experiment", "status", "--tracking-uri", uri]) == 0
+    assert "warning" in capsys.readouterr().err
+    marker = json.loads((run / "mlflow.json").read_text())
+    assert marker["status"] == "training_incomplete" and "no DONE" in marker["warnings"][0]
+    client = tracking.make_client(uri)
+    logged = client.get_run(marker["run_id"])
+    assert logged.data.tags[tracking.STATUS_TAG] == "training_incomplete"
+    assert logged.info.status == "RUNNING"  # not ended: the run is not finished
+    assert "test_accuracy_transductive" not in logged.data.metrics
+
+    (run / "DONE").write_text("")
+    info = tracking.track_run(run, "status", uri, artifacts=False)
+    assert info["status"] == "not_evaluated" and "no eval.json" in info["warnings"][0]
+    assert info["run_id"] == marker["run_id"]
+
+    (run / "eval.json").write_text(eval_json)
+    info = tracking.track_run(run, "status", uri, artifacts=False)
+    assert (info["status"], info["warnings"], info["run_id"]) == ("complete", [], marker["run_id"])
+    logged = client.get_run(info["run_id"])
+    assert logged.data.tags[tracking.STATUS_TAG] == "complete" and logged.info.status == "FINISHED"
+    assert logged.data.metrics["test_accuracy_transductive"] == pytest.approx(97.5)
+
+
+def test_dropped_lines_and_nonfinite_values_are_reported(store, capsys):
+    """Used to be skipped silently (corrupt lines) or logged as NaN (re-logged on every call)."""
+    run, uri, _ = store
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines.insert(2, '{"iteration": 15, "loss"')  # damaged in the middle
+    lines.append(json.dumps({"iteration": 50, "loss": float("nan"), "accuracy": 0.5, "wall_time": 3.0}))
+    lines.append("not json at all")
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    info = tracking.track_run(run, "quality", uri, artifacts=False)
+    err = capsys.readouterr().err
+    assert "2 line(s) are not valid metric records" in err and "lines 3, 8" in err
+    assert "1 non-finite value(s) not logged (train/loss at 50)" in err
+    assert len(info["warnings"]) == 2
+    client = tracking.make_client(uri)
+    tags = client.get_run(info["run_id"]).data.tags
+    assert tags[tracking.DROPPED_TAG] == "2 (lines 3, 8)"
+    assert tags[tracking.NONFINITE_TAG] == "1 (train/loss at 50)"
+    assert [m.step for m in client.get_metric_history(info["run_id"], "train/loss")] == [0, 10, 20, 30, 40]
+    assert 50 in [m.step for m in client.get_metric_history(info["run_id"], "train/accuracy")]
+    assert tracking.track_run(run, "quality", uri, artifacts=False)["new_metric_points"] == 0
 
 
 def free_port() -> int:

@@ -95,6 +95,76 @@ def test_invalid_config_fails_before_any_job_naming_the_key(workdir, tmp_path, o
     assert "Job stats" not in out  # nothing was planned
 
 
+@pytest.mark.parametrize("override, key", [
+    ({"budget": {"overrides": {"inner_lrr": 0.01}}}, "budget.overrides.inner_lrr"),  # unknown name
+    ({"budget": {"overrides": {"meta_batch": "five"}}}, "budget.overrides.meta_batch"),  # string for a number
+    ({"budget": {"overrides": {"inner_lr": "fast"}}}, "budget.overrides.inner_lr"),
+    ({"budget": {"overrides": {"first_order": 1}}}, "budget.overrides.first_order"),  # number for a boolean
+    ({"budget": {"overrides": {"iterations": -5}}}, "budget.overrides.iterations"),  # negative iterations
+    ({"budget": {"per_algorithm": {"maml": {"overrides": {"meta_batch": -1}}}}},
+     "budget.per_algorithm.maml.overrides.meta_batch"),
+    ({"grid": {"settings": [{"dataset": "omniglot", "ways": 5, "shots": 1,
+                             "per_algorithm": {"reptile": {"overrides": {"outer_lr": float("nan")}}}}]}},
+     "grid.settings.0.per_algorithm.reptile.overrides.outer_lr"),
+    ({"grid": {"settings": [{"dataset": "omniglot", "ways": 5, "shots": 1,
+                             "overrides": {"inner_optimizer": "rmsprop"}}]}},
+     "grid.settings.0.overrides.inner_optimizer"),
+])
+def test_bad_overrides_fail_the_dry_run_naming_the_key(workdir, tmp_path, override, key):
+    """These used to pass `snakemake -n` and fail later, in the training jobs (or be ignored:
+    overrides.iterations was never passed to train)."""
+    bad = overrides_file(tmp_path, "bad.yaml", override)
+    result = snakemake(workdir, "-n", "--configfile", "workflow/config/smoke.yaml", bad)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out[-3000:]
+    assert f"invalid workflow config at key '{key}'" in out, out[-3000:]
+    assert "Job stats" not in out
+
+
+def test_good_overrides_plan_and_reach_the_train_command(workdir, tmp_path):
+    budget = {"overrides": {"inner_lr": "1e-3", "first_order": True},  # YAML 1.1 reads 1e-3 as a string
+              "per_algorithm": {"maml": {"overrides": {"meta_batch": 4}}}}
+    good = overrides_file(tmp_path, "good.yaml", {"budget": budget})
+    result = snakemake(workdir, "-n", "-p", "--configfile", "workflow/config/smoke.yaml", good)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    assert "--inner-lr 1e-3" in out and "--first-order" in out and "--meta-batch 4" in out
+
+
+def test_override_check_and_cli_accept_the_same_values():
+    """Both come from the Settings table: for every flag and a spread of YAML values, the workflow
+    check accepts exactly what `reptile-tf train --flag VALUE` parses (finite numbers only)."""
+    import math
+
+    from reptile_tf import cli, train
+    from reptile_tf.errors import UserError
+
+    parser = cli.build_parser(only="train")
+    required = ["train", "--algorithm", "reptile", "--dataset", "omniglot", "--ways", "5", "--shots", "1",
+                "--seed", "0"]
+    values = [5, 0.5, "1e-3", "abc", True, False, "adam", -2, float("inf")]
+    assert "inner_lr" in train.flag_fields() and "algorithm" not in train.flag_fields()
+    for name in train.flag_fields():
+        dashed = "--" + name.replace("_", "-")
+        for value in values:
+            if isinstance(value, bool):  # common.smk `flag`: booleans become --name / --no-name
+                argv = [dashed if value else f"--no-{dashed[2:]}"]
+            else:
+                argv = [f"{dashed}={value}"]
+            try:
+                parsed = getattr(parser.parse_args([*required, *argv]), name)
+                # argparse takes inf; `train` refuses it (settings_problems), so the check does too
+                cli_ok = not isinstance(parsed, float) or math.isfinite(parsed)
+            except SystemExit:
+                cli_ok = False
+            try:
+                train.override_value(name, value)
+                check_ok = True
+            except UserError:
+                check_ok = False
+            assert check_ok == cli_ok, (name, value)
+
+
 def schema_error_path(config: dict) -> str | None:
     """The dotted key the schema rejects (as the Snakefile reports it), or None if valid."""
     import jsonschema

@@ -12,6 +12,10 @@ the official Reptile code's PIL pipeline gives it: background bright (255), stro
 (The official code resizes the 1-bit image with PIL's default filter, which for mode '1'
 is nearest neighbour, giving binary 0/1 images; LANCZOS on 'L' keeps anti-aliased stroke
 edges instead, which is the common choice of later TF/PyTorch ports.)
+`reptile-tf prepare omniglot --resize-filter nearest` builds the official variant instead
+(`resize_drawing(..., "nearest")`: exactly `np.array(Image.open(png).resize((28, 28)))` of
+the official omniglot.py, stored as 0/255); use a separate --data-dir for it. The filter is
+recorded in the dataset metadata ("resize_filter") and changes the data digest of runs.
 
 The Vinyals split files (`splits/vinyals/{train,val,test,trainval}.txt`) are copied into
 the dataset metadata so that loading never reaches back to the raw directory.
@@ -41,6 +45,8 @@ DRAWINGS_PER_CHARACTER = 20
 REPTILE_TRAIN_CHARACTERS = 1200
 REPTILE_SEED = 0
 ROTATIONS = (0, 90, 180, 270)
+RESIZE_FILTERS = ("lanczos", "nearest")
+DEFAULT_RESIZE_FILTER = "lanczos"
 
 
 def raw_files(raw_dir: Path) -> list[Path]:
@@ -56,11 +62,20 @@ def character_name(member: str) -> tuple[str, str, str] | None:
     return parts[1], parts[2], parts[3]
 
 
-def resize_drawing(png_bytes: bytes) -> np.ndarray:
-    """One raw 105x105 1-bit PNG -> uint8 [28, 28, 1], background 255, strokes dark."""
+def resize_drawing(png_bytes: bytes, resize_filter: str = DEFAULT_RESIZE_FILTER) -> np.ndarray:
+    """One raw 105x105 1-bit PNG -> uint8 [28, 28, 1], background 255, strokes dark.
+
+    "lanczos": 8-bit grayscale, LANCZOS. "nearest": the official code's `img.resize((28, 28))`
+    of the 1-bit image (PIL always resizes mode '1' with NEAREST), binary 0/255.
+    """
     from PIL import Image
 
+    if resize_filter not in RESIZE_FILTERS:
+        raise ValueError(f"unknown resize filter {resize_filter!r}; choose one of {', '.join(RESIZE_FILTERS)}")
     with Image.open(io.BytesIO(png_bytes)) as img:
+        if resize_filter == "nearest":
+            binary = np.asarray(img.resize((IMAGE_SIZE, IMAGE_SIZE)), dtype=bool)
+            return (binary.astype(np.uint8) * 255)[:, :, None]
         gray = img.convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), resample=Image.LANCZOS)
         return np.asarray(gray, dtype=np.uint8)[:, :, None]
 
@@ -96,6 +111,8 @@ class Omniglot(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """
 
     VERSION = tfds.core.Version("1.0.0")
+    # Set on the instance before download_and_prepare (`prepare(..., resize_filter=...)`).
+    resize_filter = DEFAULT_RESIZE_FILTER
     RELEASE_NOTES = {"1.0.0": "All 1,623 characters, LANCZOS 28x28, Vinyals splits in metadata."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Run `reptile-tf fetch omniglot` first; it places images_background.zip, "
@@ -129,6 +146,8 @@ class Omniglot(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self.info.metadata["characters"] = characters
         self.info.metadata["images_found"] = counts
         self.info.metadata["vinyals"] = read_vinyals_splits(raw_dir)
+        if self.resize_filter != DEFAULT_RESIZE_FILTER:  # default datasets keep their metadata as before
+            self.info.metadata["resize_filter"] = self.resize_filter
         char_ids = {name: i for i, name in enumerate(characters)}
         alpha_ids = {name: i for i, name in enumerate(alphabets)}
         return {
@@ -146,7 +165,7 @@ class Omniglot(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 if name is None:
                     continue
                 alphabet, character, drawing = name
-                image = Image.fromarray(resize_drawing(zf.read(member))[:, :, 0], mode="L")
+                image = Image.fromarray(resize_drawing(zf.read(member), self.resize_filter)[:, :, 0], mode="L")
                 yield member, {
                     "image": image,
                     "alphabet": alphabet,

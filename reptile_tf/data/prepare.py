@@ -71,8 +71,12 @@ def missing_raw_files(dataset: str, raw_dir: Path) -> list[str]:
     return missing
 
 
-def prepare(dataset: str, raw_dir: str | os.PathLike, data_dir: str | os.PathLike) -> None:
+def prepare(dataset: str, raw_dir: str | os.PathLike, data_dir: str | os.PathLike,
+            resize_filter: str | None = None) -> None:
     """Build the TFDS dataset `dataset` from the fetched files in `raw_dir` into `data_dir`.
+
+    `resize_filter` (Omniglot only): "lanczos" (default) or "nearest" (the official code's
+    preprocessing); build the non-default one into its own `data_dir`.
 
     A second call with the dataset already built does nothing. TFDS writes into a
     temporary directory and renames it at the end, so an interrupted build leaves no
@@ -82,6 +86,19 @@ def prepare(dataset: str, raw_dir: str | os.PathLike, data_dir: str | os.PathLik
         raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     raw_dir = Path(raw_dir)
     builder = get_builder(dataset, data_dir)
+    if resize_filter is not None:
+        if dataset != "omniglot":
+            raise UserError("--resize-filter applies to omniglot only")
+        from reptile_tf.data import omniglot
+
+        if resize_filter not in omniglot.RESIZE_FILTERS:
+            raise UserError(f"unknown resize filter {resize_filter!r}; choose one of {', '.join(omniglot.RESIZE_FILTERS)}")
+        recorded = (builder.info.metadata or {}).get("resize_filter", omniglot.DEFAULT_RESIZE_FILTER) \
+            if is_prepared(builder) else resize_filter
+        if recorded != resize_filter:
+            raise UserError(f"omniglot in {data_dir} was prepared with resize filter {recorded!r}, not "
+                            f"{resize_filter!r}; use another --data-dir")
+        builder.resize_filter = resize_filter
     if is_prepared(builder):
         log.info("%s already prepared in %s; nothing to do", dataset, builder.data_dir)
         return
@@ -122,12 +139,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="fetched raw directory (default: data/raw/<dataset>)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                         help="TFDS data directory (default: data/tfds)")
+    parser.add_argument("--resize-filter", choices=("lanczos", "nearest"), default=None,
+                        help="omniglot only: 28x28 resize filter (default lanczos; nearest = official code, "
+                             "binary images; give it its own --data-dir)")
 
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     raw_dir = args.raw if args.raw is not None else default_raw_dir(args.dataset)
-    prepare(args.dataset, raw_dir, args.data_dir)
+    prepare(args.dataset, raw_dir, args.data_dir, getattr(args, "resize_filter", None))
     counts = found_counts(args.dataset, args.data_dir)
     if counts:
         print(json.dumps({args.dataset: summarize_counts(counts)}, indent=2))

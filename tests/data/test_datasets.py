@@ -258,3 +258,41 @@ def test_tiny_mini_imagenet_uses_the_images_present_and_says_so(tiny_mini_imagen
         assert E.load_split_array("mini_imagenet", "test", data_dir).shape == (2, 3, 84, 84, 3)
     with pytest.warns(UserWarning, match="different numbers of images"):  # again, now from the cache
         E.load_split_array("mini_imagenet", "train", data_dir)
+
+
+# --------------------------------------------------------------------------- official preprocessing option
+
+
+def test_nearest_resize_is_the_official_pipeline(omniglot_raw_dir):
+    from reptile_tf.data import omniglot
+
+    with zipfile.ZipFile(omniglot_raw_dir / "images_background.zip") as zf:
+        members = sorted(m for m in zf.namelist() if m.endswith(".png"))[:5]
+        for member in members:
+            png = zf.read(member)
+            # supervised_reptile/omniglot.py `Character._read_image`, without rotation
+            official = np.array(Image.open(io.BytesIO(png)).resize((28, 28))).astype("float32")
+            got = omniglot.resize_drawing(png, "nearest")
+            assert got.dtype == np.uint8 and got.shape == (28, 28, 1)
+            assert set(np.unique(got)) <= {0, 255}
+            np.testing.assert_array_equal(got[:, :, 0].astype(np.float32) / 255.0, official)
+            # the default is unchanged: LANCZOS on 8-bit grayscale
+            expected = np.asarray(Image.open(io.BytesIO(png)).convert("L").resize((28, 28), resample=Image.LANCZOS))
+            np.testing.assert_array_equal(omniglot.resize_drawing(png)[:, :, 0], expected)
+    with pytest.raises(ValueError, match="unknown resize filter"):
+        omniglot.resize_drawing(png, "bicubic")
+
+
+def test_prepare_with_nearest_resize_builds_binary_images_and_records_it(tiny_omniglot, tmp_path):
+    data_dir = tmp_path / "tfds_nearest"
+    P.prepare("omniglot", tiny_omniglot, data_dir, resize_filter="nearest")
+    base, _, _ = E.omniglot_base(data_dir)
+    assert set(np.unique(base)) == {0, 255}
+    assert P.get_builder("omniglot", data_dir).info.metadata["resize_filter"] == "nearest"
+    P.prepare("omniglot", tiny_omniglot, data_dir, resize_filter="nearest")  # idempotent
+    with pytest.raises(UserError, match="prepared with resize filter 'nearest'"):
+        P.prepare("omniglot", tiny_omniglot, data_dir, resize_filter="lanczos")
+    default_dir = tmp_path / "tfds"
+    P.prepare("omniglot", tiny_omniglot, default_dir)
+    assert "resize_filter" not in (P.get_builder("omniglot", default_dir).info.metadata or {})
+    assert len(np.unique(E.omniglot_base(default_dir)[0])) > 2  # LANCZOS keeps grey edges

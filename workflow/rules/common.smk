@@ -4,6 +4,8 @@ import os
 import shutil
 import sys
 
+from snakemake.exceptions import WorkflowError
+
 
 
 envvars:
@@ -176,3 +178,103 @@ def all_targets():
     if config["bench"]["enabled"]:
         targets.append(f"{config['results_dir']}/benchmarks")
     return targets
+
+
+# ------------------------------------------------------------------ overrides, checked at load
+
+# The schema only says `overrides` maps names to scalars; which names and values `reptile-tf
+# train` accepts comes from its own Settings table (reptile_tf.train), asked here before any
+# job is planned, so a typo or a bad value fails `snakemake -n` instead of a training job, and
+# the config and the CLI cannot drift apart.
+
+
+def _settings_table():
+    """reptile_tf.train, imported without leaving its oneDNN default in the jobs' environment."""
+    variable = "TF_ENABLE_ONEDNN_OPTS"
+    before = os.environ.get(variable)
+    try:
+        try:
+            from reptile_tf import train
+        except ImportError:  # a checkout whose package is not installed in this Python
+            sys.path.insert(0, workflow.basedir)
+            from reptile_tf import train
+    finally:
+        if before is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = before
+    return train
+
+
+def override_scopes():
+    """(config key path, scope dict) of every place an `overrides` mapping may sit."""
+    budget = config["budget"]
+    yield "budget", budget
+    for algorithm, scope in sorted((budget.get("per_algorithm") or {}).items()):
+        yield f"budget.per_algorithm.{algorithm}", scope or {}
+    for index, setting in enumerate(SETTINGS):
+        yield f"grid.settings.{index}", setting
+        for algorithm, scope in sorted((setting.get("per_algorithm") or {}).items()):
+            yield f"grid.settings.{index}.per_algorithm.{algorithm}", scope or {}
+
+
+def override_origins(job):
+    """field -> config key path of the override that wins for `job` (merged_overrides' precedence)."""
+    index = next(i for i, s in enumerate(SETTINGS) if s is find_setting(job))
+    budget = config["budget"]
+    origins = {}
+    for path, scope in (
+        ("budget", budget),
+        (f"budget.per_algorithm.{job.algorithm}", (budget.get("per_algorithm") or {}).get(job.algorithm) or {}),
+        (f"grid.settings.{index}", SETTINGS[index]),
+        (f"grid.settings.{index}.per_algorithm.{job.algorithm}",
+         (SETTINGS[index].get("per_algorithm") or {}).get(job.algorithm) or {}),
+    ):
+        for key in scope.get("overrides") or {}:
+            origins[key] = f"{path}.overrides.{key}"
+    return origins
+
+
+def config_error(key, message):
+    return WorkflowError(
+        f"invalid workflow config at key '{key}': {message}. Fix the config file (hyperparameter names "
+        "and values: `reptile-tf train --help`)."
+    )
+
+
+def check_overrides():
+    """Names and types of every `overrides` entry, then every grid job's resolved settings."""
+    from types import SimpleNamespace
+
+    train = _settings_table()
+    UserError = train.UserError
+    for path, scope in override_scopes():
+        for key, value in (scope.get("overrides") or {}).items():
+            if key == "iterations":
+                # train_flags passes the budget's `iterations`, never overrides.iterations
+                raise config_error(f"{path}.overrides.iterations",
+                                   f"iterations={value!r} belongs beside `overrides`: set `{path}.iterations`")
+            try:
+                train.override_value(key, value)
+            except UserError as err:
+                raise config_error(f"{path}.overrides.{key}", str(err)) from None
+    for job in grid_jobs():
+        job = SimpleNamespace(**job)
+        label = f"{job.dataset} {job.ways}-way {job.shots}-shot {job.algorithm}"
+        index = next(i for i, s in enumerate(SETTINGS) if s is find_setting(job))
+        overrides = {k: train.override_value(k, v) for k, v in merged_overrides(job).items()}
+        iterations = budget_value(job, "iterations")
+        if iterations is not None:
+            overrides["iterations"] = iterations
+        try:
+            settings = train.merge_settings(job.algorithm, job.dataset, job.ways, job.shots, overrides)
+        except UserError as err:
+            raise config_error(f"grid.settings.{index}", str(err)) from None
+        problems = train.settings_problems(settings)
+        if problems:
+            origins = override_origins(job)
+            field, message = problems[0]
+            raise config_error(origins.get(field, f"grid.settings.{index}"), f"{message} (job {label})")
+
+
+check_overrides()

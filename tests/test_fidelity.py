@@ -1,0 +1,131 @@
+"""Issue 16: the official-code options (Settings.FIDELITY_OPTIONS), how they are recorded in a
+run's config, the evaluation start state, and the bookkeeping of benchmarks/fidelity.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+
+from reptile_tf import train
+from reptile_tf.errors import UserError
+from reptile_tf.settings import FIDELITY_OPTIONS, check_fidelity_options, paper_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_fidelity_options_default_to_the_previous_behaviour_and_are_validated():
+    settings = paper_settings("reptile", "omniglot", 5, 1)
+    assert (settings.inner_adam_mode, settings.loss_reduction, settings.eval_adam_state) == \
+        ("parallel_mean", "mean", "training")
+    for name, (default, allowed) in FIDELITY_OPTIONS.items():
+        assert getattr(settings, name) == default and default in allowed
+        for value in allowed:
+            check_fidelity_options(settings.replace(**{name: value}))
+        with pytest.raises(UserError, match=name):
+            check_fidelity_options(settings.replace(**{name: "bogus"}))
+
+
+def test_config_records_non_default_options_and_old_configs_still_match():
+    settings = paper_settings("reptile", "omniglot", 5, 1)
+    old_style = settings.to_dict()
+    assert not set(FIDELITY_OPTIONS) & set(old_style)  # defaults: the config a run had before the options
+    assert train.settings_from_config(old_style) == settings  # a missing field reads back as its default
+    official = settings.replace(inner_adam_mode="sequential", loss_reduction="sum", eval_adam_state="fresh")
+    recorded = official.to_dict()
+    assert {k: recorded[k] for k in FIDELITY_OPTIONS} == {
+        "inner_adam_mode": "sequential", "loss_reduction": "sum", "eval_adam_state": "fresh"}
+    assert train.settings_from_config(recorded) == official
+    assert train.config_differences(old_style, settings.to_dict()) == []
+    assert train.config_differences(old_style, recorded) == sorted(FIDELITY_OPTIONS)
+
+
+def test_train_cli_has_a_flag_per_option():
+    settings = train.resolve_settings("reptile", "omniglot", 5, 1, {"inner_adam_mode": "sequential",
+                                                                    "loss_reduction": "sum"})
+    assert settings.inner_adam_mode == "sequential" and settings.loss_reduction == "sum"
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    train.configure_parser(parser)
+    args = parser.parse_args(["--algorithm", "reptile", "--dataset", "omniglot", "--ways", "5", "--shots", "1",
+                              "--seed", "0", "--eval-adam-state", "fresh"])
+    assert train.settings_overrides(args) == {"eval_adam_state": "fresh"}
+
+
+def test_evaluation_adapts_from_training_or_fresh_adam_state():
+    import tensorflow as tf
+
+    from reptile_tf import evaluate, meta
+    from reptile_tf.models import get_model
+    from reptile_tf.sine import sample_sine_tasks
+
+    model = get_model("sine", 1)
+    settings = paper_settings("reptile", "sine", 1, 10).replace(inner_optimizer="adam", eval_inner_steps=3)
+    state = meta.init_meta_state(model, model.init(0), settings)
+    state, _ = meta.meta_step(model, settings, state, sample_sine_tasks(2, 10, 0, tf.constant([1, 1])),
+                              tf.constant(1.0))
+    assert evaluate.adaptation_adam_state(settings, state)["t"] is state["inner_adam/t"]
+    fresh_settings = settings.replace(eval_adam_state="fresh")
+    assert evaluate.adaptation_adam_state(fresh_settings, state) is None
+    episodes = sample_sine_tasks(4, 10, 5, tf.constant([3, 3]))
+    scores = {s.eval_adam_state: evaluate.score_episodes(model, s, state, episodes, "transductive", chunk_size=4)
+              for s in (settings, fresh_settings)}
+    seeds = evaluate.task_seeds(0, 4)
+    for choice, opt_state in (("training", meta.inner_adam_from_state(state)), ("fresh", None)):
+        adapted = meta.adapt(model, settings, meta.params_from_state(state), episodes["support_x"],
+                             episodes["support_y"], seeds, opt_state)
+        want = model.loss(model.apply(adapted, episodes["query_x"]), episodes["query_y"]).numpy()
+        np.testing.assert_allclose(scores[choice], want, rtol=1e-5)
+    assert not np.allclose(scores["training"], scores["fresh"])
+    with pytest.raises(UserError, match="eval_adam_state"):
+        evaluate.adaptation_adam_state(settings.replace(eval_adam_state="warm"), state)
+
+
+def _load_fidelity():
+    spec = importlib.util.spec_from_file_location("fidelity_bench", ROOT / "benchmarks" / "fidelity.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fidelity_bench"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fidelity_summary_compares_each_variant_with_the_baseline():
+    fidelity = _load_fidelity()
+    rows = []
+    for seed, (base, seq) in enumerate([(90.0, 86.0), (91.0, 87.5), (92.0, 86.5)]):
+        for variant, accuracy in (("baseline", base), ("sequential_adam", seq)):
+            rows.append({"variant": variant, "seed": seed, "mode": "non_transductive", "accuracy": accuracy})
+    rows.append({"variant": "sum_loss", "seed": 0, "mode": "non_transductive", "accuracy": 90.5})
+    summary = {e["variant"]: e for e in fidelity.summarise(rows, ["baseline", "sequential_adam", "sum_loss"])}
+    assert summary["baseline"]["mean"] == 91.0 and summary["baseline"]["sd"] == 1.0
+    seq = summary["sequential_adam"]
+    assert seq["delta"] == -4.333 and seq["beyond_spread"] == "true" and seq["ranges_disjoint"] == "true"
+    assert seq["paired_deltas"] == "-4.00 -3.50 -5.50"
+    assert summary["sum_loss"]["n"] == 1 and summary["sum_loss"]["beyond_spread"] == ""  # one seed: no spread
+    assert summary["sum_loss"]["ranges_disjoint"] == ""
+    assert set(fidelity.DEFAULT_VARIANTS) <= set(fidelity.VARIANTS)
+
+
+def test_fidelity_pairs_evaluation_only_variants_task_by_task(tmp_path, monkeypatch):
+    fidelity = _load_fidelity()
+    monkeypatch.setattr(fidelity, "RUNS", tmp_path)
+    per_task = {"baseline": [100.0, 80.0, 60.0, 100.0], "sum_eval_only": [80.0, 80.0, 40.0, 100.0]}
+    rows = []
+    for variant, values in per_task.items():
+        path = fidelity.run_dir(variant, 0)
+        path.mkdir(parents=True)
+        for mode in fidelity.MODES:
+            (path / f"eval_{mode}.csv").write_text("task,accuracy\n" + "".join(f"{i},{v}\n" for i, v in enumerate(values)))
+            rows.append({"variant": variant, "seed": 0, "mode": mode, "accuracy": float(np.mean(values))})
+    paired = fidelity.paired_task_deltas(rows)
+    assert [(e["variant"], e["versus"], e["tasks"], e["delta"]) for e in paired] == \
+        [("sum_eval_only", "baseline", 4, -10.0)] * 2
+    assert paired[0]["ci95"] == round(1.96 * np.std([-20, 0, -20, 0]) / 2, 3)
+    assert "sum_eval_only | baseline" in fidelity.paired_table(paired)
