@@ -24,7 +24,10 @@ Compared with the reference:
 
 Writes `<out>/kill_resume_fuzz.csv` (one row per trial, with the command) and `<out>/README.md`
 (the command, the machine from `python -m reptile_tf.runtime`, the tally) and exits 1 if any
-trial differs.
+trial differs. `--resume` keeps the trials already in the CSV and the finished references
+(with their timing, `<work>/<algorithm>/timeline.json`) and runs only the missing trials: a fuzz
+stopped half-way (the benchmark itself killed) continues where it was. Each trial's kill moment
+comes from its own random stream (seed, algorithm, trial), so skipping trials changes no other.
 """
 
 from __future__ import annotations
@@ -209,6 +212,7 @@ class Timeline:
     per_log: float  # seconds per logging interval after start-up
     iterations: int
     log_every: int
+    cpu_s: float = 0.0  # CPU time of the reference's train + evaluate processes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,26 +283,54 @@ def kill_when(command: list[str], run_dir: Path, plan: KillPlan, log: Path) -> d
             "killed": rc == -signal.SIGKILL, "rc_at_kill": rc}
 
 
-def fuzz_case(case: Case, work: Path, data_dir: Path, tasks: int, rng: random.Random,
-              writer: csv.DictWriter, handle: Any) -> list[dict[str, Any]]:
-    base = work / case.algorithm
-    shutil.rmtree(base, ignore_errors=True)
-    base.mkdir(parents=True)
+def children_cpu() -> float:
+    """CPU seconds of every finished child process so far (user + system)."""
+    times = os.times()
+    return times.children_user + times.children_system
+
+
+def reference_run(case: Case, base: Path, data_dir: Path, tasks: int, reuse: bool) -> Timeline:
+    """Train and evaluate the uninterrupted reference, or reuse a finished one (`reuse`)."""
     reference_dir = base / "reference"
+    timeline_file = base / "timeline.json"
+    if reuse and (reference_dir / "DONE").exists() and (reference_dir / "eval.json").exists() \
+            and timeline_file.is_file():
+        timeline = Timeline(**json.loads(timeline_file.read_text()))
+        print(f"{case.algorithm}: reusing the reference in {reference_dir}", flush=True)
+        return timeline
+    shutil.rmtree(reference_dir, ignore_errors=True)
+    cpu = children_cpu()
     reference_train = train_command(case, reference_dir, data_dir)
     timeline = run_timed(reference_train, reference_dir, base / "reference.log", case.iterations, case.log_every)
     run(evaluate_command(reference_dir, tasks, data_dir), base / "reference.log")
-    reference = Snapshot.of(reference_dir)
+    timeline = dataclasses.replace(timeline, cpu_s=round(children_cpu() - cpu, 1))
+    timeline_file.write_text(json.dumps(dataclasses.asdict(timeline)))
     print(f"{case.algorithm}: reference trained in {timeline.total:.1f} s (start-up {timeline.startup:.1f} s, "
           f"{timeline.per_log:.2f} s per {case.log_every} iterations): {shown(reference_train)}", flush=True)
+    return timeline
+
+
+def fuzz_case(case: Case, work: Path, data_dir: Path, tasks: int, seed: int, finished: set[int],
+              writer: csv.DictWriter, handle: Any) -> tuple[list[dict[str, Any]], Timeline]:
+    """Run the trials of `case` not in `finished` (trial numbers); their rows and the reference timing."""
+    base = work / case.algorithm
+    if not finished:
+        shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True, exist_ok=True)
+    timeline = reference_run(case, base, data_dir, tasks, reuse=bool(finished))
+    reference = Snapshot.of(base / "reference")
 
     rows = []
     for trial in range(1, case.kills + 1):
+        if trial in finished:
+            continue
         run_dir = base / f"trial{trial:02d}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished trial of a stopped fuzz starts over
         command = train_command(case, run_dir, data_dir)
         log = base / f"trial{trial:02d}.log"
-        plan = plan_kill(timeline, rng)
-        start = time.monotonic()
+        log.unlink(missing_ok=True)
+        plan = plan_kill(timeline, random.Random(f"{seed}:{case.algorithm}:{trial}"))
+        start, cpu = time.monotonic(), children_cpu()
         row: dict[str, Any] = {"algorithm": case.algorithm, "trial": trial}
         row.update(kill_when(command, run_dir, plan, log))
         row.update(checkpoint_at_kill=latest_iteration(run_dir), metrics_lines_at_kill=len(metrics_lines(run_dir)),
@@ -316,7 +348,8 @@ def fuzz_case(case: Case, work: Path, data_dir: Path, tasks: int, rng: random.Ra
         row["identical"] = all(row[k] for k in ("params_identical", "metrics_identical", "eval_identical",
                                                 "config_identical", "checkpoint_files_identical")) \
             and not row["leftovers_after"]
-        row.update(trial_seconds=round(time.monotonic() - start, 1), command=shown(command),
+        row.update(trial_seconds=round(time.monotonic() - start, 1), trial_cpu_s=round(children_cpu() - cpu, 1),
+                   command=shown(command),
                    evaluate_command=shown(evaluate_command(run_dir, tasks, data_dir)))
         writer.writerow(row)
         handle.flush()
@@ -327,13 +360,34 @@ def fuzz_case(case: Case, work: Path, data_dir: Path, tasks: int, rng: random.Ra
               f"{'identical' if row['identical'] else 'DIFFERENT ' + json.dumps(row)}", flush=True)
         if row["identical"]:
             shutil.rmtree(run_dir)  # keep only what differs, for inspection
-    return rows
+    return rows, timeline
 
 
 COLUMNS = ["algorithm", "trial", "kill_plan", "kill_after_s", "killed", "rc_at_kill", "checkpoint_at_kill",
-           "metrics_lines_at_kill", "done_at_kill", "leftovers_at_kill", "resumes", "leftovers_after", "metrics_lines", "reference_metrics_lines",
+           "metrics_lines_at_kill", "done_at_kill", "leftovers_at_kill", "resumes", "leftovers_after", "metrics_lines",
+           "reference_metrics_lines",
            "params_identical", "metrics_identical", "eval_identical", "config_identical", "checkpoint_files_identical",
-           "differing_tensors", "identical", "trial_seconds", "command", "evaluate_command"]
+           "differing_tensors", "identical", "trial_seconds", "trial_cpu_s", "command", "evaluate_command"]
+BOOLEAN_COLUMNS = ("killed", "done_at_kill", "params_identical", "metrics_identical", "eval_identical",
+                   "config_identical", "checkpoint_files_identical", "identical")
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The trials of an earlier (stopped) fuzz, typed as `fuzz_case` returns them."""
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            typed: dict[str, Any] = dict(row)
+            for key in BOOLEAN_COLUMNS:
+                typed[key] = row.get(key) == "True"
+            typed["trial"] = int(row["trial"])
+            typed["checkpoint_at_kill"] = int(row["checkpoint_at_kill"]) if row.get("checkpoint_at_kill") else None
+            for key in ("trial_seconds", "trial_cpu_s"):
+                typed[key] = float(row[key]) if row.get(key) else None
+            rows.append(typed)
+    return rows
 
 
 def machine_record() -> dict[str, Any]:
@@ -342,8 +396,8 @@ def machine_record() -> dict[str, Any]:
     return json.loads(out.stdout)
 
 
-def write_readme(out: Path, argv: list[str], rows: list[dict], machine: dict, seconds: float,
-                 cpu_seconds: float, loadavg: str) -> None:
+def write_readme(out: Path, argv: list[str], rows: list[dict], machine: dict, timelines: list[Timeline],
+                 loadavg: str, sessions: int) -> None:
     lines = [
         "# Kill/resume fuzz (issue 14, item 8)",
         "",
@@ -375,11 +429,17 @@ def write_readme(out: Path, argv: list[str], rows: list[dict], machine: dict, se
                      f"{sum(r['checkpoint_at_kill'] is None for r in mine)} | "
                      f"{sum(bool(r['leftovers_at_kill']) for r in mine)} |")
     total = len(rows)
+    seconds = sum(t.total for t in timelines) + sum(r["trial_seconds"] or 0 for r in rows)
+    cpu = sum(t.cpu_s for t in timelines) + sum(r["trial_cpu_s"] or 0 for r in rows)
+    unmeasured = sum(r["trial_cpu_s"] is None for r in rows)
     lines += [
         "",
-        f"**{sum(r['identical'] for r in rows)} of {total} identical.** Wall time {seconds / 60:.1f} min, "
-        f"CPU time of the child processes {cpu_seconds / 60:.1f} min (load average at the end: {loadavg}; "
-        "the machine also ran a long low-priority training job).",
+        f"**{sum(r['identical'] for r in rows)} of {total} identical.** Wall time {seconds / 60:.1f} min "
+        f"(the references' training + every trial), CPU time of the child processes "
+        f"{cpu / 60:.1f} min"
+        + (f" ({unmeasured} trials of an earlier version of this script did not record theirs)" if unmeasured else "")
+        + f"; load average at the end: {loadavg}; the machine also ran a long low-priority training job"
+        + (f"; the fuzz ran in {sessions} sessions (`--resume`)" if sessions > 1 else "") + ".",
         "",
         "Commands (the fuzzed runs use the same `train` command with their own `--out`):",
         "",
@@ -401,21 +461,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "kill_resume_fuzz",
                         help="scratch directory for the runs (identical trials are deleted)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "fault_fuzz")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the trials already in <out>/kill_resume_fuzz.csv and run only the missing ones")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(args.seed)
-    start = time.monotonic()
-    rows: list[dict[str, Any]] = []
-    with open(args.out / "kill_resume_fuzz.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+    csv_path = args.out / "kill_resume_fuzz.csv"
+    earlier = read_rows(csv_path) if args.resume else []
+    sessions_file = args.work / "sessions"
+    sessions = (int(sessions_file.read_text()) if args.resume and sessions_file.is_file() else 0) + 1
+    args.work.mkdir(parents=True, exist_ok=True)
+    sessions_file.write_text(str(sessions))
+    rows: list[dict[str, Any]] = list(earlier)
+    timelines = []
+    with open(csv_path, "w", newline="") as handle:
+        # Rewritten whole: rows of an older version of this script get the columns it lacked, empty.
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, restval="", extrasaction="ignore")
         writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in earlier)
+        handle.flush()
         for case in cases(args.reptile_kills, args.maml_kills):
-            if case.kills > 0:
-                rows += fuzz_case(case, args.work, args.data_dir.resolve(), args.tasks, rng, writer, handle)
-    children = os.times()
-    write_readme(args.out, argv, rows, machine_record(), time.monotonic() - start,
-                 children.children_user + children.children_system, " ".join(f"{x:.2f}" for x in os.getloadavg()))
+            finished = {r["trial"] for r in earlier if r["algorithm"] == case.algorithm}
+            if case.kills > len(finished & set(range(1, case.kills + 1))):
+                new, timeline = fuzz_case(case, args.work, args.data_dir.resolve(), args.tasks, args.seed, finished,
+                                          writer, handle)
+                rows += new
+                timelines.append(timeline)
+    order = {"reptile": 0, "maml": 1}
+    rows.sort(key=lambda r: (order.get(r["algorithm"], 2), r["trial"]))
+    write_readme(args.out, argv, rows, machine_record(), timelines, " ".join(f"{x:.2f}" for x in os.getloadavg()),
+                 sessions)
     identical = sum(r["identical"] for r in rows)
     print(f"{identical} of {len(rows)} identical; {args.out / 'README.md'}")
     return 0 if identical == len(rows) else 1
