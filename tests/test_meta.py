@@ -217,7 +217,6 @@ def _reference_meta_step(model, settings, state, batch, outer_lr):
     steps = settings.inner_steps - (1 if settings.algorithm == "fomaml" and settings.tail_shots else 0)
     xs, ys = meta.make_inner_batches(batch["support_x"], batch["support_y"], settings.inner_batch, steps,
                                      meta.schedule_seed(state))
-    hp = (settings.inner_lr, settings.adam_beta1, settings.adam_beta2, settings.adam_epsilon)
     if settings.algorithm == "maml":
         grads = []
         for t in range(xs.shape[0]):
@@ -232,12 +231,25 @@ def _reference_meta_step(model, settings, state, batch, outer_lr):
         v = {k: state[f"outer_adam/v/{k}"].numpy() for k in phi}
         new_phi, *_ = _ref_adam(phi, mean_grad, m, v, float(state["outer_adam/t"]), outer_lr, 0.9, 0.999, 1e-8)
         return new_phi, None
-    m0 = {k: state[f"inner_adam/m/{k}"].numpy() for k in phi}
-    v0 = {k: state[f"inner_adam/v/{k}"].numpy() for k in phi}
-    t0 = float(state["inner_adam/t"])
+    new_phi, moments = _reference_task_loop(model, settings, state, batch, outer_lr, phi, xs, ys, steps,
+                                            carry_adam=False)
+    mean_m = {k: np.mean([mv[0][k] for mv in moments], axis=0) for k in phi}
+    return new_phi, mean_m
+
+
+def _reference_task_loop(model, settings, state, batch, outer_lr, phi, xs, ys, steps, carry_adam):
+    """Tasks one after another, each from phi with Adam (numpy): each task from the stored Adam
+    state (ours, parallel) or with one state carried from task to task (official). Returns the
+    outer-updated phi and each task's final (m, v, count)."""
+    hp = (settings.inner_lr, settings.adam_beta1, settings.adam_beta2, settings.adam_epsilon)
+    start = ({k: state[f"inner_adam/m/{k}"].numpy() for k in phi}, {k: state[f"inner_adam/v/{k}"].numpy() for k in phi},
+             float(state["inner_adam/t"]))
+    m, v, count = start
     finals, changes, moments = [], [], []
     for t in range(xs.shape[0]):
-        p, m, v, count = dict(phi), dict(m0), dict(v0), t0
+        p = dict(phi)
+        if not carry_adam:
+            m, v, count = dict(start[0]), dict(start[1]), start[2]
         minibatches = [(xs[t, i].numpy(), ys[t, i].numpy()) for i in range(steps)]
         if settings.algorithm == "fomaml" and settings.tail_shots:
             minibatches.append((batch["query_x"][t].numpy(), batch["query_y"][t].numpy()))
@@ -246,13 +258,12 @@ def _reference_meta_step(model, settings, state, batch, outer_lr):
             p, m, v, count = _ref_adam(p, _task_grad(model, p, x, y), m, v, count, *hp)
         finals.append(p)
         changes.append({k: p[k] - before[k] for k in p})
-        moments.append((m, v))
+        moments.append((m, v, count))
     if settings.algorithm == "reptile":
         new_phi = {k: phi[k] + outer_lr * np.mean([f[k] - phi[k] for f in finals], axis=0) for k in phi}
     else:
         new_phi = {k: phi[k] + outer_lr * np.mean([c[k] for c in changes], axis=0) for k in phi}
-    mean_m = {k: np.mean([mv[0][k] for mv in moments], axis=0) for k in phi}
-    return new_phi, mean_m
+    return new_phi, moments
 
 
 @pytest.mark.parametrize("algorithm", ["reptile", "fomaml", "maml"])
@@ -515,25 +526,9 @@ def _reference_sequential_meta_step(model, settings, state, batch, outer_lr):
     steps = settings.inner_steps - (1 if tail else 0)
     xs, ys = meta.make_inner_batches(batch["support_x"], batch["support_y"], settings.inner_batch, steps,
                                      meta.schedule_seed(state))
-    hp = (settings.inner_lr, settings.adam_beta1, settings.adam_beta2, settings.adam_epsilon)
-    m = {k: state[f"inner_adam/m/{k}"].numpy() for k in phi}
-    v = {k: state[f"inner_adam/v/{k}"].numpy() for k in phi}
-    count = float(state["inner_adam/t"])
-    finals, changes = [], []
-    for t in range(xs.shape[0]):
-        p = dict(phi)
-        minibatches = [(xs[t, i].numpy(), ys[t, i].numpy()) for i in range(steps)]
-        if tail:
-            minibatches.append((batch["query_x"][t].numpy(), batch["query_y"][t].numpy()))
-        for x, y in minibatches:
-            before = p
-            p, m, v, count = _ref_adam(p, _task_grad(model, p, x, y), m, v, count, *hp)
-        finals.append(p)
-        changes.append({k: p[k] - before[k] for k in p})
-    if settings.algorithm == "reptile":
-        new_phi = {k: phi[k] + outer_lr * np.mean([f[k] - phi[k] for f in finals], axis=0) for k in phi}
-    else:
-        new_phi = {k: phi[k] + outer_lr * np.mean([c[k] for c in changes], axis=0) for k in phi}
+    new_phi, moments = _reference_task_loop(model, settings, state, batch, outer_lr, phi, xs, ys, steps,
+                                            carry_adam=True)
+    m, v, count = moments[-1]
     return new_phi, m, v, count
 
 
