@@ -26,6 +26,15 @@ asked for, MAML starts every task from fresh moments. Second-order MAML through 
 fragile: d sqrt(v)/dv is infinite where a gradient entry is exactly zero (dead ReLU units),
 which can give NaN meta-gradients; use SGD (the paper's choice) or `first_order=True`.
 
+Registries instead of string branches (unknown names raise a UserError listing the choices):
+- `INNER_OPTIMIZERS` / `OUTER_OPTIMIZERS`: optimizer name -> builder of an `Optimizer(init, update)`
+  pair of pure functions, in the manner of optax's GradientTransformation (`sgd`, `adam`);
+- `ALGORITHMS`: algorithm name -> `Algorithm` (its outer update plus what it needs from the
+  meta-batch and the meta state). `meta_step` draws the inner minibatches and hands them to
+  `meta_step_on_minibatches`, which looks the algorithm up; the theory checks
+  (`reptile_tf.theory.meta_gradients`) call that same function on chosen minibatches, so they
+  check the code that trains.
+
 Meta state (`init_meta_state`): a flat dict of tensors, checkpointable as tf.Variables:
   "params/<name>"                      the meta-parameters phi (no task dimension)
   "inner_adam/m/<name>", "inner_adam/v/<name>", "inner_adam/t"    (inner Adam, Reptile/FOMAML)
@@ -37,14 +46,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import tensorflow as tf
 
 from reptile_tf.errors import UserError
 from reptile_tf.models import RNG_ALGORITHM, Model, Params, broadcast_params, mean_over_tasks
 
-INNER_OPTIMIZERS = ("sgd", "adam")
 LOSS_REDUCTIONS = ("mean", "sum")
 INNER_ADAM_MODES = ("parallel_mean", "sequential")
 # Outer Adam of MAML: TF1 `tf.train.AdamOptimizer` defaults, as in the MAML code.
@@ -53,14 +61,23 @@ OUTER_ADAM_BETA2 = 0.999
 OUTER_ADAM_EPSILON = 1e-8
 
 AdamState = dict  # {"m": Params, "v": Params, "t": scalar float tensor}
+OptState = dict  # an optimizer's state: {} (SGD) or an AdamState
+
+
+def lookup(registry: dict, name: str, what: str):
+    """`registry[name]`, or a UserError naming `what` and the choices."""
+    if isinstance(name, str) and name in registry:
+        return registry[name]
+    raise UserError(f"unknown {what} {name!r}; choose one of {', '.join(registry)}")
 
 
 @dataclass(frozen=True)
 class InnerConfig:
     """How the inner loop updates per-task parameters.
 
-    optimizer: "sgd" or "adam" (TF1 Adam semantics incl. bias correction; beta1 = 0 as in
-        the Reptile paper by default).
+    optimizer: a name of INNER_OPTIMIZERS: "sgd" or "adam" (TF1 Adam semantics incl. bias
+        correction; beta1 = 0 as in the Reptile paper by default).
+    lr: a Python number, or a scalar tensor (one traced graph for many step sizes: the theory).
     first_order: stop the gradient through the inner updates (MAML `first_order=True`).
     unroll: True = Python loop over the (static) steps, returns per-step gradients and can be
         differentiated through (training, MAML); False = `tf.while_loop` (evaluation with many
@@ -77,12 +94,15 @@ class InnerConfig:
     loss_reduction: str = "mean"  # "mean" or "sum" (official Reptile code) over a minibatch
 
     def __post_init__(self) -> None:
-        if self.optimizer not in INNER_OPTIMIZERS:
-            raise UserError(f"unknown inner optimizer {self.optimizer!r}; choose one of {', '.join(INNER_OPTIMIZERS)}")
-        if not self.lr > 0:
+        lookup(INNER_OPTIMIZERS, self.optimizer, "inner optimizer")
+        if not isinstance(self.lr, (tf.Tensor, tf.Variable)) and not self.lr > 0:
             raise UserError(f"inner learning rate must be positive (got {self.lr})")
         if self.loss_reduction not in LOSS_REDUCTIONS:
             raise UserError(f"unknown loss_reduction {self.loss_reduction!r}; choose one of {', '.join(LOSS_REDUCTIONS)}")
+
+    def make_optimizer(self) -> "Optimizer":
+        """The inner optimizer (INNER_OPTIMIZERS[optimizer]) with this config's hyperparameters."""
+        return INNER_OPTIMIZERS[self.optimizer](self)
 
     @classmethod
     def from_settings(cls, settings, evaluation: bool = False) -> "InnerConfig":
@@ -90,7 +110,8 @@ class InnerConfig:
         lr = settings.inner_lr
         if evaluation and settings.eval_inner_lr is not None:
             lr = settings.eval_inner_lr
-        return cls(optimizer=settings.inner_optimizer, lr=float(lr), beta1=float(settings.adam_beta1),
+        lr = lr if isinstance(lr, (tf.Tensor, tf.Variable)) else float(lr)
+        return cls(optimizer=settings.inner_optimizer, lr=lr, beta1=float(settings.adam_beta1),
                    beta2=float(settings.adam_beta2), epsilon=float(settings.adam_epsilon),
                    first_order=bool(settings.first_order) or evaluation, unroll=not evaluation,
                    loss_reduction=getattr(settings, "loss_reduction", "mean"))
@@ -103,7 +124,7 @@ class InnerResult(NamedTuple):
     grads: list (one per step) of per-task gradient dicts at the params before that step
         (None when `unroll=False`);
     losses, accuracies: `[steps, T]` minibatch loss/accuracy before each step's update;
-    opt_state: final per-task Adam state ({} for SGD).
+    opt_state: final per-task optimizer state ({} for SGD).
     """
 
     params: Params
@@ -111,7 +132,7 @@ class InnerResult(NamedTuple):
     grads: list[Params] | None
     losses: tf.Tensor
     accuracies: tf.Tensor
-    opt_state: AdamState
+    opt_state: OptState
 
 
 # ----------------------------------------------------------------------------- optimizers
@@ -154,7 +175,52 @@ def adam_step(params: Params, grads: Params, state: AdamState, lr, beta1: float,
 
 
 def sgd_step(params: Params, grads: Params, lr) -> Params:
+    """One plain gradient-descent step p - lr * g."""
     return {name: value - _scalar(lr, value.dtype) * grads[name] for name, value in params.items()}
+
+
+class Optimizer(NamedTuple):
+    """A first-order optimizer as a pair of pure functions, in the manner of optax's GradientTransformation.
+
+    init(params) -> state: the fresh state for `params` ({} when the optimizer keeps none);
+    update(params, grads, state) -> (new params, new state): one step.
+    Hyperparameters are bound when the optimizer is built (`sgd(lr)`, `adam(lr, beta1, beta2, epsilon)`).
+    Unlike optax's `update`, which returns additive updates for `optax.apply_updates`, `update` returns
+    the new parameters: every step is computed exactly as `sgd_step` / `adam_step` write it
+    (p - lr * ...), bit for bit as before the registries existed. Elementwise, so per-task `[T, ...]`
+    and shared parameters alike.
+    """
+
+    init: Callable[[Params], OptState]
+    update: Callable[[Params, Params, OptState], tuple[Params, OptState]]
+
+
+def _no_state(params: Params) -> OptState:
+    return {}
+
+
+def sgd(lr) -> Optimizer:
+    """Plain gradient descent (`sgd_step`). Keeps no state: `update` passes the state through."""
+    return Optimizer(init=_no_state, update=lambda params, grads, state: (sgd_step(params, grads, lr), state))
+
+
+def adam(lr, beta1, beta2, epsilon) -> Optimizer:
+    """Adam with TF1 `AdamOptimizer` semantics (`adam_step`); state {"m", "v", "t"} (`zeros_adam_state`)."""
+    return Optimizer(init=zeros_adam_state,
+                     update=lambda params, grads, state: adam_step(params, grads, state, lr, beta1, beta2, epsilon))
+
+
+# settings.inner_optimizer -> the inner optimizer built from an InnerConfig.
+INNER_OPTIMIZERS: dict[str, Callable[[InnerConfig], Optimizer]] = {
+    "sgd": lambda cfg: sgd(cfg.lr),
+    "adam": lambda cfg: adam(cfg.lr, cfg.beta1, cfg.beta2, cfg.epsilon),
+}
+# settings.outer_optimizer of MAML -> its outer optimizer built from the outer learning rate
+# (Adam with the TF1 defaults of the MAML code).
+OUTER_OPTIMIZERS: dict[str, Callable[[Any], Optimizer]] = {
+    "adam": lambda lr: adam(lr, OUTER_ADAM_BETA1, OUTER_ADAM_BETA2, OUTER_ADAM_EPSILON),
+    "sgd": lambda lr: sgd(lr),
+}
 
 
 def _broadcast_adam(state: AdamState, num_tasks) -> AdamState:
@@ -240,18 +306,11 @@ def task_gradients(model: Model, params: Params, x: tf.Tensor, y: tf.Tensor,
     return grads, losses, model.accuracy(outputs, y)
 
 
-def _update(params: Params, grads: Params, opt_state: AdamState, cfg: InnerConfig) -> tuple[Params, AdamState]:
-    if cfg.optimizer == "adam":
-        return adam_step(params, grads, opt_state, cfg.lr, cfg.beta1, cfg.beta2, cfg.epsilon)
-    return sgd_step(params, grads, cfg.lr), opt_state
-
-
 def _run_inner(model: Model, params: Params, get_batch: Callable, steps: int, cfg: InnerConfig,
-               opt_state: AdamState | None) -> InnerResult:
-    if cfg.optimizer == "adam" and not opt_state:
-        opt_state = zeros_adam_state(params)
-    if cfg.optimizer == "sgd":
-        opt_state = {}
+               opt_state: OptState | None) -> InnerResult:
+    optimizer = cfg.make_optimizer()
+    if not opt_state:
+        opt_state = optimizer.init(params)
     if steps < 1:
         raise UserError(f"the inner loop needs at least one step (got {steps}); set inner_steps >= 1")
     if cfg.unroll:
@@ -260,7 +319,7 @@ def _run_inner(model: Model, params: Params, get_batch: Callable, steps: int, cf
             x, y = get_batch(step)
             grads, loss, accuracy = task_gradients(model, params, x, y, cfg.first_order, cfg.loss_reduction)
             prev = params
-            params, opt_state = _update(params, grads, opt_state, cfg)
+            params, opt_state = optimizer.update(params, grads, opt_state)
             grads_per_step.append(grads)
             losses.append(loss)
             accuracies.append(accuracy)
@@ -272,7 +331,7 @@ def _run_inner(model: Model, params: Params, get_batch: Callable, steps: int, cf
         x, y = get_batch(step)
         grads, loss, accuracy = task_gradients(model, params, x, y, first_order=True,
                                                loss_reduction=cfg.loss_reduction)
-        new_params, opt_state = _update(params, grads, opt_state, cfg)
+        new_params, opt_state = optimizer.update(params, grads, opt_state)
         return (step + 1, new_params, params, opt_state, losses.write(step, tf.cast(loss, loss_dtype)),
                 accuracies.write(step, accuracy))
 
@@ -284,12 +343,13 @@ def _run_inner(model: Model, params: Params, get_batch: Callable, steps: int, cf
 
 
 def inner_loop(model: Model, params: Params, xs: tf.Tensor, ys: tf.Tensor, cfg: InnerConfig,
-               opt_state: AdamState | None = None) -> InnerResult:
+               opt_state: OptState | None = None) -> InnerResult:
     """Run k = xs.shape[1] optimizer steps on per-task params, step i on minibatch xs[:, i].
 
     params: per-task `[T, ...]`; xs `[T, k, b, ...]`; ys `[T, k, b]` (or `[T, k, b, 1]` for
-    regression); opt_state: per-task Adam state (moments `[T, ...]`, scalar step count), or
-    None for fresh moments. Shared by all three algorithms and the theory module.
+    regression); opt_state: per-task optimizer state (Adam: moments `[T, ...]`, scalar step count),
+    or None for a fresh one (`cfg.make_optimizer().init`). Shared by all three algorithms and the
+    theory module.
     """
     steps = xs.shape[1]
     if steps is None:
@@ -397,12 +457,15 @@ def maml_meta_gradient(model: Model, params: Params, xs: tf.Tensor, ys: tf.Tenso
 
 def maml_update(params: Params, meta_grad: Params, adam_state: AdamState | None, lr,
                 optimizer: str = "adam") -> tuple[Params, AdamState | None]:
-    """The MAML outer step: Adam (TF1 defaults 0.9 / 0.999 / 1e-8, lr = settings.outer_lr) or SGD."""
-    if optimizer == "adam":
-        return adam_step(params, meta_grad, adam_state, lr, OUTER_ADAM_BETA1, OUTER_ADAM_BETA2, OUTER_ADAM_EPSILON)
-    if optimizer == "sgd":
-        return sgd_step(params, meta_grad, lr), adam_state
-    raise UserError(f"unknown outer optimizer {optimizer!r} for MAML; choose adam or sgd")
+    """The MAML outer step with OUTER_OPTIMIZERS[optimizer]: Adam (TF1 defaults 0.9 / 0.999 / 1e-8,
+    lr = settings.outer_lr) or SGD.
+
+    adam_state: the outer optimizer's state (None = a fresh one). Returns (new params, new state,
+    or None for an optimizer that keeps no state).
+    """
+    outer = lookup(OUTER_OPTIMIZERS, optimizer, "outer optimizer for MAML")(lr)
+    new_params, state = outer.update(params, meta_grad, outer.init(params) if adam_state is None else adam_state)
+    return new_params, (state or None)
 
 
 # ----------------------------------------------------------------------------- meta state
@@ -437,28 +500,39 @@ def inner_adam_from_state(state: dict[str, tf.Tensor]) -> AdamState | None:
     return _unflatten_adam("inner_adam", state)
 
 
-def _check_settings(settings) -> None:
-    if settings.algorithm not in ("reptile", "fomaml", "maml"):
-        raise UserError(f"unknown algorithm {settings.algorithm!r}; choose one of reptile, fomaml, maml")
-    if settings.inner_optimizer not in INNER_OPTIMIZERS:
-        raise UserError(f"unknown inner optimizer {settings.inner_optimizer!r}; choose sgd or adam")
-    if settings.algorithm != "maml" and settings.outer_optimizer != "sgd":
+def _check_settings(settings) -> "Algorithm":
+    """The registry entry of `settings.algorithm`, after checking the names and counts meta needs."""
+    algorithm = lookup(ALGORITHMS, settings.algorithm, "algorithm")
+    lookup(INNER_OPTIMIZERS, settings.inner_optimizer, "inner optimizer")
+    if algorithm.uses_outer_optimizer:
+        lookup(OUTER_OPTIMIZERS, settings.outer_optimizer, f"outer optimizer for {settings.algorithm}")
+    elif settings.outer_optimizer != "sgd":
         raise UserError(f"{settings.algorithm} interpolates with an annealed step size; set outer_optimizer "
                         f"to 'sgd' (got {settings.outer_optimizer!r})")
-    if settings.algorithm == "maml" and settings.outer_optimizer not in ("adam", "sgd"):
-        raise UserError(f"unknown outer optimizer {settings.outer_optimizer!r} for MAML; choose adam or sgd")
     if settings.inner_steps < 1:
         raise UserError(f"inner_steps must be >= 1 (got {settings.inner_steps})")
-    if settings.algorithm == "fomaml" and settings.tail_shots > 0 and settings.inner_steps < 1:
-        raise UserError("FOMAML with a tail minibatch needs inner_steps >= 1")
     if hasattr(settings, "inner_adam_mode"):
         from reptile_tf.settings import check_fidelity_options
 
         check_fidelity_options(settings)
+    return algorithm
 
 
-def _keeps_inner_adam(settings) -> bool:
-    return settings.inner_optimizer == "adam" and settings.algorithm != "maml"
+def _uses_tail(settings) -> bool:
+    """FOMAML with `tail_shots > 0`: the last inner step is on the episode's query images."""
+    return lookup(ALGORITHMS, settings.algorithm, "algorithm").tail and settings.tail_shots > 0
+
+
+def _check_queries(settings, algorithm: "Algorithm", batch: dict) -> None:
+    if algorithm.query_set:
+        role, knob = "query set", "queries"
+    elif _uses_tail(settings):
+        role, knob = "tail minibatch", "tail_shots"
+    else:
+        return
+    if "query_x" not in batch or (batch["query_x"].shape[1] or 0) == 0:
+        raise UserError(f"{settings.algorithm} needs query images in the meta-batch (the {role}); sample tasks "
+                        f"with {knob} > 0")
 
 
 def init_meta_state(model: Model, params: Params, settings, seed: int = 0) -> dict[str, tf.Tensor]:
@@ -466,12 +540,16 @@ def init_meta_state(model: Model, params: Params, settings, seed: int = 0) -> di
 
     `seed` seeds the in-graph inner minibatch schedules (with the step counter).
     """
-    _check_settings(settings)
+    algorithm = _check_settings(settings)
     state: dict[str, tf.Tensor] = _flatten("params", {k: tf.identity(v) for k, v in params.items()})
-    if _keeps_inner_adam(settings):
-        state.update(_flatten_adam("inner_adam", zeros_adam_state(params)))
-    if settings.algorithm == "maml" and settings.outer_optimizer == "adam":
-        state.update(_flatten_adam("outer_adam", zeros_adam_state(params)))
+    if algorithm.keeps_inner_state:
+        inner = InnerConfig.from_settings(settings).make_optimizer().init(params)
+        if inner:  # SGD keeps none
+            state.update(_flatten_adam("inner_adam", inner))
+    if algorithm.uses_outer_optimizer:
+        outer = OUTER_OPTIMIZERS[settings.outer_optimizer](settings.outer_lr).init(params)
+        if outer:
+            state.update(_flatten_adam("outer_adam", outer))
     state["step"] = tf.constant(0, tf.int64)
     state["rng_seed"] = tf.constant(seed, tf.int64)
     return state
@@ -480,6 +558,140 @@ def init_meta_state(model: Model, params: Params, settings, seed: int = 0) -> di
 def schedule_seed(state: dict[str, tf.Tensor], salt: int = 0) -> tf.Tensor:
     """Stateless seed [2] of this meta-iteration's inner minibatch schedule (from rng_seed and step)."""
     return tf.stack([tf.cast(state["rng_seed"], tf.int64), tf.cast(state["step"], tf.int64) * 16 + salt])
+
+
+# ----------------------------------------------------------------------------- algorithms (registry)
+
+
+def _parallel_mean_inner(model: Model, params: Params, xs: tf.Tensor, ys: tf.Tensor, tail_x, tail_y,
+                         cfg: InnerConfig, shared: AdamState | None) -> tuple[InnerResult, AdamState | None]:
+    """All tasks at once, each from phi and from the shared inner state; the new shared state is the
+    tasks' mean (`inner_adam_mode="parallel_mean"`, the default). Losses/accuracies of the support
+    steps and the tail step are concatenated."""
+    num_tasks = _num_tasks(xs)
+    task_params = broadcast_params(params, num_tasks)
+    opt_state = _broadcast_adam(shared, num_tasks) if shared is not None else None
+    parts = []
+    if xs.shape[1] > 0:
+        result = inner_loop(model, task_params, xs, ys, cfg, opt_state)
+        parts.append(result)
+        task_params, opt_state = result.params, result.opt_state
+    if tail_x is not None:
+        result = inner_loop(model, task_params, tail_x[:, None], tail_y[:, None], cfg, opt_state)
+        parts.append(result)
+    result = result._replace(losses=tf.concat([part.losses for part in parts], axis=0),
+                             accuracies=tf.concat([part.accuracies for part in parts], axis=0))
+    return result, (_mean_adam(result.opt_state) if shared is not None else None)
+
+
+def _sequential_inner(model: Model, params: Params, xs: tf.Tensor, ys: tf.Tensor, tail_x, tail_y,
+                      cfg: InnerConfig, shared: AdamState) -> tuple[InnerResult, AdamState]:
+    return sequential_inner_loops(model, params, xs, ys, cfg, shared, tail_x, tail_y)
+
+
+# settings.inner_adam_mode -> how the tasks of a meta-batch share a kept inner optimizer state.
+INNER_STATE_MODES: dict[str, Callable] = {"parallel_mean": _parallel_mean_inner, "sequential": _sequential_inner}
+
+
+class OuterStep(NamedTuple):
+    """What an algorithm's outer update returns to `meta_step_on_minibatches`."""
+
+    params: Params  # the new meta-parameters phi
+    state: dict[str, tf.Tensor]  # meta-state entries it replaces (inner_adam/..., outer_adam/...)
+    losses: tf.Tensor  # [steps, T] inner minibatch losses before each step
+    accuracies: tf.Tensor  # [steps, T]
+    metrics: dict[str, tf.Tensor]  # extra metrics (MAML: query_loss, query_accuracy)
+
+
+def reptile_outer(params: Params, inner: InnerResult, epsilon) -> Params:
+    """Reptile from the tasks' inner-loop result: `reptile_update` towards the adapted params."""
+    return reptile_update(params, inner.params, epsilon)
+
+
+def fomaml_outer(params: Params, inner: InnerResult, epsilon) -> Params:
+    """FOMAML from the tasks' inner-loop result: `fomaml_update` by the last step's weight change."""
+    return fomaml_update(params, inner.params, inner.prev_params, epsilon)
+
+
+def _interpolation(outer_update: Callable[[Params, InnerResult, Any], Params]) -> Callable[..., OuterStep]:
+    """Reptile / FOMAML: every task's inner loop from phi (with the kept inner optimizer state, shared
+    as `settings.inner_adam_mode` says), then phi <- outer_update(phi, inner result, eps)."""
+
+    def step(model, settings, state, params, xs, ys, batch, cfg, outer_lr) -> OuterStep:
+        tail = _uses_tail(settings)
+        shared = inner_adam_from_state(state)
+        mode = getattr(settings, "inner_adam_mode", "parallel_mean") if shared is not None else "parallel_mean"
+        run = lookup(INNER_STATE_MODES, mode, "inner_adam_mode")
+        result, carried = run(model, params, xs, ys, batch["query_x"] if tail else None,
+                              batch["query_y"] if tail else None, cfg, shared)
+        new_params = outer_update(params, result, outer_lr)
+        kept = _flatten_adam("inner_adam", carried) if carried is not None else {}
+        return OuterStep(new_params, kept, result.losses, result.accuracies, {})
+
+    return step
+
+
+def _maml(model, settings, state, params, xs, ys, batch, cfg, outer_lr) -> OuterStep:
+    """MAML: the meta-gradient of the query loss through the inner loop, then the outer optimizer."""
+    meta_grad, result, query_losses, query_accuracies = maml_meta_gradient(
+        model, params, xs, ys, batch["query_x"], batch["query_y"], cfg)
+    new_params, outer = maml_update(params, meta_grad, _unflatten_adam("outer_adam", state), outer_lr,
+                                    settings.outer_optimizer)
+    metrics = {"query_loss": tf.reduce_mean(tf.cast(query_losses, tf.float32)),
+               "query_accuracy": tf.reduce_mean(query_accuracies)}
+    kept = _flatten_adam("outer_adam", outer) if outer is not None else {}
+    return OuterStep(new_params, kept, result.losses, result.accuracies, metrics)
+
+
+class Algorithm(NamedTuple):
+    """A meta-learning algorithm, as `meta_step`, `init_meta_state` and the theory look it up by name.
+
+    outer_update(model, settings, state, params, xs, ys, batch, cfg, outer_lr) -> OuterStep: the
+        inner loops on the drawn minibatches and the outer update of phi.
+    tail: with `tail_shots > 0` the last inner step is on the episode's query images (FOMAML).
+    query_set: needs the episode's query set (MAML's query loss).
+    keeps_inner_state: the inner optimizer's state persists across meta-iterations (official code);
+        MAML starts every task from a fresh one.
+    uses_outer_optimizer: phi is updated by OUTER_OPTIMIZERS[settings.outer_optimizer] (MAML);
+        otherwise it interpolates with the annealed step size eps (outer_optimizer "sgd").
+    """
+
+    outer_update: Callable[..., OuterStep]
+    tail: bool = False
+    query_set: bool = False
+    keeps_inner_state: bool = False
+    uses_outer_optimizer: bool = False
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "reptile": Algorithm(_interpolation(reptile_outer), keeps_inner_state=True),
+    "fomaml": Algorithm(_interpolation(fomaml_outer), tail=True, keeps_inner_state=True),
+    "maml": Algorithm(_maml, query_set=True, uses_outer_optimizer=True),
+}
+
+
+def meta_step_on_minibatches(model: Model, settings, state: dict[str, tf.Tensor], xs: tf.Tensor, ys: tf.Tensor,
+                             batch: dict[str, tf.Tensor], outer_lr) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+    """`meta_step` once the inner minibatches are drawn: `ALGORITHMS[settings.algorithm]`'s outer update.
+
+    xs `[T, k, b, ...]`, ys `[T, k, b]`: the support-set minibatch of each inner step (k steps;
+    FOMAML with a tail takes one more, on batch["query_x"/"query_y"]; MAML's query loss is on
+    them). `batch` needs the query keys only when the algorithm uses them. The theory checks call
+    this on minibatches of their choosing. Returns (new state, metrics) as `meta_step`.
+    """
+    algorithm = _check_settings(settings)
+    _check_queries(settings, algorithm, batch)
+    params = params_from_state(state)
+    cfg = InnerConfig.from_settings(settings)
+    step = algorithm.outer_update(model, settings, state, params, xs, ys, batch, cfg, outer_lr)
+    new_state = dict(state)
+    new_state.update(step.state)
+    new_state.update(_flatten("params", step.params))
+    new_state["step"] = state["step"] + 1
+    metrics = dict(step.metrics)
+    metrics["loss"] = tf.reduce_mean(tf.cast(step.losses, tf.float32))
+    metrics["accuracy"] = tf.reduce_mean(step.accuracies)
+    return new_state, metrics
 
 
 def meta_step(model: Model, settings, state: dict[str, tf.Tensor], batch: dict[str, tf.Tensor],
@@ -492,73 +704,15 @@ def meta_step(model: Model, settings, state: dict[str, tf.Tensor], batch: dict[s
     step size eps, or the MAML outer learning rate (pass a tensor to avoid retracing).
     Returns (new state, metrics): "loss"/"accuracy" = mean over tasks and inner steps of the
     minibatch loss/accuracy before each step; MAML adds "query_loss"/"query_accuracy" after
-    adaptation.
+    adaptation. Draws the inner minibatches (`make_inner_batches`, seeded by `schedule_seed`),
+    then `meta_step_on_minibatches` looks the algorithm up in ALGORITHMS.
     """
-    _check_settings(settings)
-    params = params_from_state(state)
-    support_x, support_y = batch["support_x"], batch["support_y"]
-    uses_queries = settings.algorithm == "maml" or (settings.algorithm == "fomaml" and settings.tail_shots > 0)
-    if uses_queries and (batch["query_x"].shape[1] or 0) == 0:
-        raise UserError(f"{settings.algorithm} needs query images in the meta-batch (the "
-                        f"{'query set' if settings.algorithm == 'maml' else 'tail minibatch'}); sample tasks with "
-                        f"{'queries' if settings.algorithm == 'maml' else 'tail_shots'} > 0")
-    num_tasks = _num_tasks(support_x)
-    cfg = InnerConfig.from_settings(settings)
-    new_state = dict(state)
-    metrics: dict[str, tf.Tensor] = {}
-    steps = settings.inner_steps
-    if settings.algorithm == "fomaml" and settings.tail_shots > 0:
-        steps -= 1  # the last step uses the tail minibatch
-    xs, ys = make_inner_batches(support_x, support_y, settings.inner_batch, steps, schedule_seed(state))
-
-    if settings.algorithm == "maml":
-        meta_grad, result, query_losses, query_accuracies = maml_meta_gradient(
-            model, params, xs, ys, batch["query_x"], batch["query_y"], cfg)
-        outer = _unflatten_adam("outer_adam", state)
-        new_params, outer = maml_update(params, meta_grad, outer, outer_lr, settings.outer_optimizer)
-        if outer is not None:
-            new_state.update(_flatten_adam("outer_adam", outer))
-        metrics["query_loss"] = tf.reduce_mean(tf.cast(query_losses, tf.float32))
-        metrics["query_accuracy"] = tf.reduce_mean(query_accuracies)
-        losses, accuracies = result.losses, result.accuracies
-    elif inner_adam_from_state(state) is not None and getattr(settings, "inner_adam_mode", "") == "sequential":
-        tail = settings.algorithm == "fomaml" and settings.tail_shots > 0
-        result, carried = sequential_inner_loops(
-            model, params, xs, ys, cfg, inner_adam_from_state(state),
-            batch["query_x"] if tail else None, batch["query_y"] if tail else None)
-        losses, accuracies = result.losses, result.accuracies
-        if settings.algorithm == "reptile":
-            new_params = reptile_update(params, result.params, outer_lr)
-        else:
-            new_params = fomaml_update(params, result.params, result.prev_params, outer_lr)
-        new_state.update(_flatten_adam("inner_adam", carried))
-    else:
-        task_params = broadcast_params(params, num_tasks)
-        inner_adam = inner_adam_from_state(state)
-        opt_state = _broadcast_adam(inner_adam, num_tasks) if inner_adam is not None else None
-        parts = []
-        if steps > 0:
-            result = inner_loop(model, task_params, xs, ys, cfg, opt_state)
-            parts.append(result)
-            task_params, opt_state = result.params, result.opt_state
-        if settings.algorithm == "fomaml" and settings.tail_shots > 0:
-            tail = inner_loop(model, task_params, batch["query_x"][:, None], batch["query_y"][:, None], cfg, opt_state)
-            parts.append(tail)
-            result = tail
-        losses = tf.concat([part.losses for part in parts], axis=0)
-        accuracies = tf.concat([part.accuracies for part in parts], axis=0)
-        if settings.algorithm == "reptile":
-            new_params = reptile_update(params, result.params, outer_lr)
-        else:
-            new_params = fomaml_update(params, result.params, result.prev_params, outer_lr)
-        if inner_adam is not None:
-            new_state.update(_flatten_adam("inner_adam", _mean_adam(result.opt_state)))
-
-    new_state.update(_flatten("params", new_params))
-    new_state["step"] = state["step"] + 1
-    metrics["loss"] = tf.reduce_mean(tf.cast(losses, tf.float32))
-    metrics["accuracy"] = tf.reduce_mean(accuracies)
-    return new_state, metrics
+    algorithm = _check_settings(settings)
+    _check_queries(settings, algorithm, batch)
+    steps = settings.inner_steps - (1 if _uses_tail(settings) else 0)  # the tail takes the last step
+    xs, ys = make_inner_batches(batch["support_x"], batch["support_y"], settings.inner_batch, steps,
+                                schedule_seed(state))
+    return meta_step_on_minibatches(model, settings, state, xs, ys, batch, outer_lr)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -579,7 +733,8 @@ def adapt(model: Model, settings, params: Params, support_x: tf.Tensor, support_
     num_tasks, num_images = _num_tasks(support_x), support_x.shape[1]
     steps, batch = settings.eval_inner_steps, settings.eval_inner_batch
     task_params = broadcast_params(params, num_tasks)
-    task_opt = _broadcast_adam(opt_state, num_tasks) if (opt_state and cfg.optimizer == "adam") else None
+    # a given state is used by an optimizer that keeps one (SGD passes it through untouched)
+    task_opt = _broadcast_adam(opt_state, num_tasks) if opt_state else None
     if batch == 0:
         get_batch = lambda step: (support_x, support_y)  # noqa: E731
     else:

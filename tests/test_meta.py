@@ -494,12 +494,10 @@ def test_meta_learned_sine_init_adapts_better_than_random(algorithm):
 # ----------------------------------------------------------------------------- bad input
 
 
-def test_bad_algorithm_and_optimizers_are_user_errors():
+def test_bad_names_batches_and_schedules_are_user_errors():
     model = get_model("sine", 1)
     params = model.init(0)
     good = paper_settings("reptile", "sine", 1, 10)
-    with pytest.raises(UserError, match="unknown algorithm"):
-        meta.init_meta_state(model, params, good.replace(algorithm="protonet"))
     with pytest.raises(UserError, match="unknown algorithm"):
         meta.meta_step(model, good.replace(algorithm="protonet"), meta.init_meta_state(model, params, good),
                        sample_sine_tasks(2, 10, 1, tf.constant([0, 0])), 1.0)
@@ -621,3 +619,73 @@ def test_unknown_fidelity_option_values_are_user_errors():
     for field, value in (("inner_adam_mode", "parallel"), ("loss_reduction", "max"), ("eval_adam_state", "warm")):
         with pytest.raises(UserError, match=field):
             meta.init_meta_state(model, model.init(0), good.replace(**{field: value}))
+
+
+# ----------------------------------------------------------------------------- registries (issue 12)
+
+
+def test_registries_list_the_choices_of_an_unknown_name():
+    assert list(meta.INNER_OPTIMIZERS) == ["sgd", "adam"] and list(meta.OUTER_OPTIMIZERS) == ["adam", "sgd"]
+    assert list(meta.ALGORITHMS) == ["reptile", "fomaml", "maml"]
+    model = get_model("sine", 1)
+    params = model.init(0)
+    good = paper_settings("maml", "sine", 1, 10)
+    with pytest.raises(UserError, match="unknown algorithm 'protonet'; choose one of reptile, fomaml, maml"):
+        meta.init_meta_state(model, params, good.replace(algorithm="protonet"))
+    with pytest.raises(UserError, match="unknown inner optimizer 'rmsprop'; choose one of sgd, adam"):
+        meta.init_meta_state(model, params, good.replace(inner_optimizer="rmsprop"))
+    with pytest.raises(UserError, match="unknown outer optimizer for maml 'lamb'; choose one of adam, sgd"):
+        meta.init_meta_state(model, params, good.replace(outer_optimizer="lamb"))
+    with pytest.raises(UserError, match="unknown outer optimizer for MAML 'lamb'; choose one of adam, sgd"):
+        meta.maml_update(params, params, None, 0.1, "lamb")
+
+
+def test_optimizers_are_init_update_pairs_of_the_step_functions():
+    params = {"w": tf.constant([1.0, -2.0, 0.5])}
+    grads = [{"w": tf.constant([0.5, 0.25, -1.0])}, {"w": tf.constant([-0.1, 0.0, 2.0])}]
+    sgd = meta.InnerConfig(optimizer="sgd", lr=0.1).make_optimizer()
+    assert sgd.init(params) == {}
+    stepped, state = sgd.update(params, grads[0], {})
+    assert state == {}
+    np.testing.assert_array_equal(stepped["w"].numpy(), meta.sgd_step(params, grads[0], 0.1)["w"].numpy())
+    cfg = meta.InnerConfig(optimizer="adam", lr=0.1, beta1=0.5, beta2=0.9, epsilon=1e-6)
+    adam = cfg.make_optimizer()
+    p, s = params, adam.init(params)
+    want_p, want_s = params, meta.zeros_adam_state(params)
+    for g in grads:
+        p, s = adam.update(p, g, s)
+        want_p, want_s = meta.adam_step(want_p, g, want_s, 0.1, 0.5, 0.9, 1e-6)
+        np.testing.assert_array_equal(p["w"].numpy(), want_p["w"].numpy())
+        np.testing.assert_array_equal(s["v"]["w"].numpy(), want_s["v"]["w"].numpy())
+    # MAML's outer Adam: the TF1 defaults of the MAML code
+    outer = meta.OUTER_OPTIMIZERS["adam"](0.01)
+    got, _ = outer.update(params, grads[0], outer.init(params))
+    want, _ = meta.adam_step(params, grads[0], meta.zeros_adam_state(params), 0.01, 0.9, 0.999, 1e-8)
+    np.testing.assert_array_equal(got["w"].numpy(), want["w"].numpy())
+    new, none = meta.maml_update(params, grads[0], None, 0.01, "sgd")  # SGD keeps no outer state
+    assert none is None
+
+
+@pytest.mark.parametrize("algorithm", ["reptile", "fomaml", "maml"])
+def test_meta_step_is_the_algorithm_lookup_on_its_drawn_minibatches(algorithm):
+    # The theory checks call meta_step_on_minibatches with minibatches of their choosing: it must be
+    # exactly what meta_step runs after drawing them (bit for bit).
+    model = get_model("sine", 1)
+    settings = paper_settings(algorithm, "sine", 1, 10).replace(meta_batch=3, inner_steps=3, inner_batch=4)
+    if algorithm != "maml":
+        settings = settings.replace(inner_optimizer="adam", inner_lr=0.01)
+    if algorithm == "fomaml":
+        settings = settings.replace(tail_shots=5)
+    state = meta.init_meta_state(model, model.init(0), settings, seed=3)
+    batch = sample_sine_tasks(3, 10, 5, tf.constant([2, 5]))
+    lr = tf.constant(0.5 if algorithm != "maml" else 0.01)
+    state, _ = meta.meta_step(model, settings, state, batch, lr)  # a step with non-trivial optimizer state
+    got, got_metrics = meta.meta_step(model, settings, state, batch, lr)
+    steps = settings.inner_steps - (1 if algorithm == "fomaml" else 0)
+    xs, ys = meta.make_inner_batches(batch["support_x"], batch["support_y"], settings.inner_batch, steps,
+                                     meta.schedule_seed(state))
+    want, want_metrics = meta.meta_step_on_minibatches(model, settings, state, xs, ys, batch, lr)
+    assert list(got) == list(want) == list(state)
+    for key in want:
+        np.testing.assert_array_equal(got[key].numpy(), want[key].numpy(), err_msg=key)
+    assert {k: float(v) for k, v in got_metrics.items()} == {k: float(v) for k, v in want_metrics.items()}

@@ -1,9 +1,13 @@
-"""Exact k-step SGD procedures and their derivatives, on a flat parameter vector.
+"""What the theory needs beyond the training code: gradients and Hessian-vector products at phi.
 
-Every theory experiment works with a loss `loss_fn(phi, x, y) -> scalar` of a flat float
-parameter vector `phi` [P]; a network's parameter dict is flattened once (see
-`problems.py`). Flat vectors make dot products, Hessian-vector products and the
-regressions of `coefficients.py` one-liners, and cost nothing at these sizes.
+The exact meta-gradients come from the training code itself (`meta_gradients.py` runs
+`reptile_tf.meta`); this module computes the *predictions* they are checked against -
+the leading-order terms (gbar_i and Hbar_i gbar_j at the initial point, by
+forward-over-backward autodiff) and the Monte Carlo terms of AvgGrad / AvgGradInner - which
+production never needs. They work with a loss `loss_fn(phi, x, y) -> scalar` of a flat float
+parameter vector `phi` [P] (`Problem.loss_fn`, `problems.py`): flat vectors make dot
+products, Hessian-vector products and the regressions of `coefficients.py` one-liners, and
+cost nothing at these sizes.
 
 Notation (docs/reference.md "Theory"): minibatches L_1..L_k of one task, SGD with step alpha:
 phi_1 = phi, phi_{i+1} = phi_i - alpha g_i, g_i = L_i'(phi_i); gbar_i = L_i'(phi) and
@@ -18,6 +22,7 @@ import tensorflow as tf
 
 LossFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
 
+# The algorithms of the checks, in table order.
 ALGORITHMS = ("maml", "fomaml", "reptile")
 
 
@@ -35,46 +40,6 @@ def hessian_vector_product(loss_fn: LossFn, phi: tf.Tensor, x: tf.Tensor, y: tf.
     with tf.autodiff.ForwardAccumulator(primals=phi, tangents=vector) as accumulator:
         grad = gradient(loss_fn, phi, x, y)
     return accumulator.jvp(grad)
-
-
-def sgd_step_gradients(loss_fn: LossFn, phi: tf.Tensor, xs: tf.Tensor, ys: tf.Tensor,
-                       alpha: tf.Tensor) -> list[tf.Tensor]:
-    """[g_1..g_k]: the gradients actually taken by k SGD steps over minibatches xs[i], ys[i]."""
-    grads = []
-    params = phi
-    for i in range(xs.shape[0]):
-        grad = gradient(loss_fn, params, xs[i], ys[i])
-        grads.append(grad)
-        params = params - alpha * grad
-    return grads
-
-
-def maml_gradient(loss_fn: LossFn, phi: tf.Tensor, xs: tf.Tensor, ys: tf.Tensor,
-                  alpha: tf.Tensor) -> tf.Tensor:
-    """d/dphi L_k(U_{k-1}(phi)): differentiate through k-1 SGD steps (second order)."""
-    k = xs.shape[0]
-    with tf.GradientTape() as outer:
-        outer.watch(phi)
-        params = phi
-        for i in range(k - 1):
-            # The inner tape runs under the outer one, so the update is differentiated too.
-            params = params - alpha * gradient(loss_fn, params, xs[i], ys[i])
-        loss = loss_fn(params, xs[k - 1], ys[k - 1])
-    return outer.gradient(loss, phi)
-
-
-def exact_gradients(loss_fn: LossFn, phi: tf.Tensor, xs: tf.Tensor, ys: tf.Tensor,
-                    alpha: tf.Tensor) -> dict[str, tf.Tensor]:
-    """The three algorithms' meta-gradients for one task, computed by the real procedures.
-
-    g_FOMAML = g_k, g_Reptile = (phi - phi_{k+1}) / alpha = sum_i g_i, g_MAML as above.
-    """
-    step_grads = sgd_step_gradients(loss_fn, phi, xs, ys, alpha)
-    return {
-        "maml": maml_gradient(loss_fn, phi, xs, ys, alpha),
-        "fomaml": step_grads[-1],
-        "reptile": tf.add_n(step_grads),
-    }
 
 
 def leading_order_terms(loss_fn: LossFn, phi: tf.Tensor, xs: tf.Tensor,

@@ -5,7 +5,8 @@ In expectation over tasks and minibatches (docs/reference.md "Theory"):
   E[g_FOMAML]  = AvgGrad -  (k-1) alpha AvgGradInner
   E[g_Reptile] = k AvgGrad - k(k-1)/2 alpha AvgGradInner
 Monte Carlo: per task, k minibatches give AvgGrad (mean of gbar_i), AvgGradInner (mean of
-Hbar_i gbar_j over ordered pairs i != j) and the exact algorithm gradients. Least squares of
+Hbar_i gbar_j over ordered pairs i != j) and the exact algorithm gradients (computed by the
+training code, `meta_gradients.py`). Least squares of
 the averaged algorithm gradient on [AvgGrad, AvgGradInner] recovers the two coefficients;
 bootstrap over tasks gives confidence intervals.
 
@@ -13,7 +14,9 @@ Variance reduction: minibatches of a task are i.i.d., so every expectation is in
 their order. Averaging each task's algorithm gradients over the cyclic shifts of the
 minibatch order and their reversals (the dihedral orderings) makes the leading-order
 prediction hold per task, not just in expectation, so the regression is well posed with
-few tasks (the hint in the issue: the same samples for all quantities).
+few tasks (the hint in the issue: the same samples for all quantities). The orderings go
+through the production outer step as the tasks of one meta-batch, whose outer update
+averages over them.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from reptile_tf.theory.autodiff import ALGORITHMS, exact_gradients, pair_statistics
+from reptile_tf.theory.autodiff import ALGORITHMS, pair_statistics
+from reptile_tf.theory.meta_gradients import exact_gradients_fn
 from reptile_tf.theory.problems import Problem
 
 
@@ -49,9 +53,8 @@ def dihedral_orderings(k: int) -> list[tuple[int, ...]]:
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(loss_fn):
-    return (tf.function(functools.partial(exact_gradients, loss_fn)),
-            tf.function(functools.partial(pair_statistics, loss_fn)))
+def _compiled_statistics(loss_fn):
+    return tf.function(functools.partial(pair_statistics, loss_fn))
 
 
 def collect_samples(problem: Problem, k: int, alphas: list[float], num_tasks: int, seed: int = 0,
@@ -60,7 +63,8 @@ def collect_samples(problem: Problem, k: int, alphas: list[float], num_tasks: in
 
     Returns {"avg_grad", "avg_grad_inner", "half_grad_of_dot", "gradients": {(algorithm, alpha): array}}.
     """
-    exact_fn, stats_fn = _compiled(problem.loss_fn)
+    exact_fn = exact_gradients_fn(problem)  # traced afresh: whatever reptile_tf.meta holds now
+    stats_fn = _compiled_statistics(problem.loss_fn)
     xs, ys = problem.sample_minibatches(seed, num_tasks, k)
     orderings = dihedral_orderings(k) if symmetrize else [tuple(range(k))]
     stats = {"avg_grad": [], "avg_grad_inner": [], "half_grad_of_dot": []}
@@ -68,12 +72,13 @@ def collect_samples(problem: Problem, k: int, alphas: list[float], num_tasks: in
     for task in range(num_tasks):
         for name, value in stats_fn(problem.phi, xs[task], ys[task]).items():
             stats[name].append(value.numpy())
+        # The orderings as the tasks of one meta-batch: the production outer step averages them.
+        ordered_xs = tf.stack([tf.gather(xs[task], list(o)) for o in orderings])
+        ordered_ys = tf.stack([tf.gather(ys[task], list(o)) for o in orderings])
         for alpha in alphas:
-            alpha_t = tf.constant(alpha, problem.phi.dtype)
-            per_order = [exact_fn(problem.phi, tf.gather(xs[task], list(o)), tf.gather(ys[task], list(o)), alpha_t)
-                         for o in orderings]
+            exact = exact_fn(ordered_xs, ordered_ys, tf.constant(alpha, problem.phi.dtype))
             for algorithm in ALGORITHMS:
-                gradients[(algorithm, alpha)].append(np.mean([g[algorithm].numpy() for g in per_order], axis=0))
+                gradients[(algorithm, alpha)].append(exact[algorithm].numpy())
     out = {name: np.stack(v) for name, v in stats.items()}
     out["gradients"] = {key: np.stack(v) for key, v in gradients.items()}
     return out

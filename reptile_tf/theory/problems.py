@@ -1,4 +1,11 @@
-"""Test problems for the theory checks: a loss of a flat parameter vector plus a task sampler.
+"""Test problems for the theory checks: a network in the production `Model` interface, its
+initial point, and a sampler of task minibatches.
+
+Every problem is a `reptile_tf.models.Model` (apply with a leading task dimension, per-task
+loss), so the exact meta-gradients are computed by the training code itself
+(`reptile_tf.meta`, see `meta_gradients.py`); the same loss as a function of one flat
+parameter vector (`Problem.loss_fn`, `Problem.phi`) feeds the Hessian-vector products of the
+predicted Taylor terms (`autodiff.py`), which production has no use for.
 
 `toy_regression_problem` is a small float64 tanh network on random sinusoid-like regression
 tasks: cheap enough for unit tests, nonlinear enough that every Taylor term is nonzero.
@@ -8,28 +15,51 @@ real Omniglot tasks (`reptile_tf.data.episodes`), or its smooth (softplus) twin.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 
 from reptile_tf.errors import UserError
+from reptile_tf.models import Model, regression_accuracy
 from reptile_tf.theory.autodiff import LossFn
 
 # (seed, num_tasks, k) -> (xs [num_tasks, k, B, ...], ys [num_tasks, k, B, ...])
 MinibatchSampler = Callable[[int, int, int], tuple[tf.Tensor, tf.Tensor]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Problem:
-    """A loss of a flat parameter vector, the initial point, and a sampler of task minibatches."""
+    """A production `Model`, its initial point, and a sampler of task minibatches.
+
+    model: `apply(params [T, ...], x [T, B, ...]) -> [T, B, out]`, `loss -> [T]` (what
+        `reptile_tf.meta` trains); params: the initial point phi (no task dimension, float64).
+    Derived: `layout` (params <-> one flat vector), `phi` (flat [P]) and `loss_fn(flat, x, y)`,
+    the loss of one minibatch (x `[B, ...]`) as a function of the flat vector.
+    """
 
     name: str
-    loss_fn: LossFn
-    phi: tf.Tensor  # [P] initial point
+    model: Model
+    params: dict[str, tf.Tensor]
     sample_minibatches: MinibatchSampler
+    layout: "ParamLayout" = field(init=False)
+    phi: tf.Tensor = field(init=False)  # [P] initial point
+    loss_fn: LossFn = field(init=False)
+
+    def __post_init__(self) -> None:
+        layout = ParamLayout.of(self.params)
+        model = self.model
+
+        def loss_fn(flat: tf.Tensor, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+            task_params = {n: v[None] for n, v in layout.unflatten(flat).items()}
+            return model.loss(model.apply(task_params, x[None]), y[None])[0]
+
+        object.__setattr__(self, "layout", layout)
+        object.__setattr__(self, "phi", layout.flatten(self.params))
+        object.__setattr__(self, "loss_fn", loss_fn)
 
 
 @dataclass(frozen=True)
@@ -57,8 +87,21 @@ class ParamLayout:
         return {n: tf.reshape(p, s) for n, p, s in zip(self.names, parts, self.shapes)}
 
 
-def _toy_layout(in_dim: int, hidden: int) -> ParamLayout:
-    return ParamLayout(("b1", "b2", "w1", "w2"), ((hidden,), (1,), (in_dim, hidden), (hidden, 1)))
+def _toy_apply(params: dict[str, tf.Tensor], x: tf.Tensor, compute_dtype=None) -> tf.Tensor:
+    """One hidden tanh layer, per task: params `[T, ...]`, x `[T, B, in]` -> `[T, B, 1]`."""
+    hidden = tf.tanh(tf.matmul(x, params["w1"]) + params["b1"][:, None, :])
+    return tf.matmul(hidden, params["w2"]) + params["b2"][:, None, :]
+
+
+def _half_mse(outputs: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
+    """Per-task 1/2 mean squared error `[T]`."""
+    return 0.5 * tf.reduce_mean(tf.square(outputs - tf.reshape(targets, tf.shape(outputs))), axis=[1, 2])
+
+
+def toy_model(in_dim: int = 3) -> Model:
+    """The toy network in the production `Model` interface (init is unused: the problem draws phi)."""
+    return Model(init=None, apply=_toy_apply, loss=_half_mse, accuracy=regression_accuracy, arch="toy_regression",
+                 num_outputs=1, input_shape=(in_dim,), is_classifier=False)
 
 
 def toy_regression_problem(seed: int = 0, in_dim: int = 3, hidden: int = 12, batch: int = 10) -> Problem:
@@ -67,7 +110,6 @@ def toy_regression_problem(seed: int = 0, in_dim: int = 3, hidden: int = 12, bat
     Tasks share structure (a_tau around a common mean) so AvgGrad and AvgGradInner are both
     sizeable and not parallel, which keeps the coefficient regression well posed.
     """
-    layout = _toy_layout(in_dim, hidden)
     rng = np.random.default_rng(seed)
     init = {
         "w1": rng.normal(0.0, 1.0 / math.sqrt(in_dim), (in_dim, hidden)),
@@ -75,13 +117,8 @@ def toy_regression_problem(seed: int = 0, in_dim: int = 3, hidden: int = 12, bat
         "w2": rng.normal(0.0, 1.0 / math.sqrt(hidden), (hidden, 1)),
         "b2": np.zeros((1,)),
     }
-    phi = layout.flatten({n: tf.constant(v, tf.float64) for n, v in init.items()})
+    params = {n: tf.constant(v, tf.float64) for n, v in init.items()}
     task_mean = rng.normal(0.0, 1.0, (in_dim,))
-
-    def loss_fn(flat: tf.Tensor, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        p = layout.unflatten(flat)
-        hidden_out = tf.tanh(x @ p["w1"] + p["b1"])
-        return 0.5 * tf.reduce_mean(tf.square(hidden_out @ p["w2"] + p["b2"] - y))
 
     def sample_minibatches(sample_seed: int, num_tasks: int, k: int) -> tuple[tf.Tensor, tf.Tensor]:
         task_rng = np.random.default_rng([seed, sample_seed])
@@ -91,10 +128,10 @@ def toy_regression_problem(seed: int = 0, in_dim: int = 3, hidden: int = 12, bat
         y = np.sin(np.sum(x * a, axis=-1, keepdims=True) + b)
         return tf.constant(x, tf.float64), tf.constant(y, tf.float64)
 
-    return Problem("toy_regression", loss_fn, phi, sample_minibatches)
+    return Problem("toy_regression", toy_model(in_dim), params, sample_minibatches)
 
 
-def omniglot_forward_softplus(params: dict[str, tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+def omniglot_forward_softplus(params: dict[str, tf.Tensor], x: tf.Tensor, compute_dtype=None) -> tf.Tensor:
     """The Omniglot network of `reptile_tf.models` (same parameters, same building blocks) with
     softplus in place of ReLU: a smooth twin. Logits `[T, B, ways]`.
 
@@ -134,12 +171,8 @@ def omniglot_problem(images: tf.Tensor, seed: int = 0, ways: int = 5, batch: int
         raise UserError(f"unknown network variant {variant!r}; choose one of {', '.join(OMNIGLOT_VARIANTS)}")
     model = get_model("omniglot", ways)
     params = model.init(seed, dtype=dtype)
-    layout = ParamLayout.of(params)
-    forward = model.apply if variant == "models" else omniglot_forward_softplus
-
-    def loss_fn(flat: tf.Tensor, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        task_params = {n: v[None] for n, v in layout.unflatten(flat).items()}
-        return model.loss(forward(task_params, x[None]), y[None])[0]
+    if variant == "softplus":
+        model = dataclasses.replace(model, apply=omniglot_forward_softplus)
 
     per_class = batch // ways
 
@@ -151,4 +184,4 @@ def omniglot_problem(images: tf.Tensor, seed: int = 0, ways: int = 5, batch: int
         y = tf.reshape(tasks["support_y"], [num_tasks, k, batch])
         return x, y
 
-    return Problem(f"omniglot:{variant}", loss_fn, layout.flatten(params), sample_minibatches)
+    return Problem(f"omniglot:{variant}", model, params, sample_minibatches)

@@ -147,8 +147,10 @@ def readme_text(results: dict, timings: dict, command: str, runtime: float, budg
     if "taylor" in results:
         summary = taylor_summary(results["taylor"])
         parts.append("## 1. Leading-order expansion (`taylor.csv`, `taylor_residuals.csv`, `taylor.png`)\n\n"
-                     "Residual norm of exact meta-gradient minus its leading-order prediction (gbar_i and Hbar_i "
-                     "gbar_j at phi, Hessian-vector products by forward-over-backward autodiff), fitted log-log "
+                     "Residual norm of exact meta-gradient (the training code's: `meta.inner_loop` with plain SGD "
+                     "and each algorithm's outer update from `meta.ALGORITHMS`, float64) minus its leading-order "
+                     "prediction (gbar_i and Hbar_i gbar_j at phi, Hessian-vector products by forward-over-backward "
+                     "autodiff), fitted log-log "
                      f"slope against alpha. Expected: 2 (leading order), 1 (zeroth-order control). Verdict "
                      f"tolerance +-{SLOPE_TOLERANCE}.\n\n" + _markdown_table(summary, [
                          ("problem", "problem"), ("algorithm", "algorithm"), ("k", "k"), ("slope", "slope"),
@@ -169,7 +171,8 @@ def readme_text(results: dict, timings: dict, command: str, runtime: float, budg
         parts.append(
             "## 2. Coefficients of AvgGrad and AvgGradInner (`coefficients.csv`, `coefficients.png`)\n\n"
             f"Toy float64 network, {rows[0]['tasks']} tasks per k; least squares of the task-averaged exact "
-            "meta-gradient on [AvgGrad, AvgGradInner] estimated from the same tasks and minibatches (each task's "
+            "meta-gradient (computed by the training code, `reptile_tf.meta`) on [AvgGrad, AvgGradInner] "
+            "estimated from the same tasks and minibatches (each task's "
             "gradients averaged over the cyclic shifts and reversals of its minibatch order); 95 % bootstrap "
             "CIs over tasks. The identity AvgGradInner = 1/2 d/dphi E[gbar_1 . gbar_2] holds to relative "
             f"error {max(r['identity_relative_error'] for r in rows):.1e} (HVP route vs differentiating the dot "

@@ -1,7 +1,8 @@
 """Check 1: the leading-order (Taylor) expansion of the three meta-gradients, per task.
 
 For fixed minibatches L_1..L_k and each alpha on a log grid, the exact meta-gradients (the
-real k-step procedures) are compared with their predictions gbar + alpha * (Hessian terms).
+training code's k-step procedures: `meta.inner_loop` and each algorithm's outer update, see
+`meta_gradients.py`) are compared with their predictions gbar + alpha * (Hessian terms).
 If the expansion is right the residual is O(alpha^2): slope 2 on a log-log plot. The
 zeroth-order prediction alone (no Hessian terms) is the control and must show slope 1.
 """
@@ -13,15 +14,15 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from reptile_tf.theory.autodiff import ALGORITHMS, exact_gradients, leading_order_terms
+from reptile_tf.theory.autodiff import ALGORITHMS, leading_order_terms
+from reptile_tf.theory.meta_gradients import exact_gradients_fn
 from reptile_tf.theory.problems import Problem
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(loss_fn):
-    # One graph per (loss, k): retraced only when the minibatch shapes change.
-    return (tf.function(functools.partial(exact_gradients, loss_fn)),
-            tf.function(functools.partial(leading_order_terms, loss_fn)))
+def _compiled_terms(loss_fn):
+    # The predictions: one graph per (loss, k), retraced only when the minibatch shapes change.
+    return tf.function(functools.partial(leading_order_terms, loss_fn))
 
 
 def taylor_residuals(problem: Problem, k: int, alphas: list[float], num_tasks: int = 1,
@@ -31,17 +32,16 @@ def taylor_residuals(problem: Problem, k: int, alphas: list[float], num_tasks: i
     compiled=False runs eagerly: for a conv net, tracing the nested-tape graphs costs far more
     than the handful of evaluations done here.
     """
-    if compiled:
-        exact_fn, terms_fn = _compiled(problem.loss_fn)
-    else:
-        exact_fn = functools.partial(exact_gradients, problem.loss_fn)
-        terms_fn = functools.partial(leading_order_terms, problem.loss_fn)
+    # The exact side is traced afresh on every call (it runs whatever reptile_tf.meta holds now).
+    exact_fn = exact_gradients_fn(problem, compiled)
+    terms_fn = _compiled_terms(problem.loss_fn) if compiled else functools.partial(leading_order_terms,
+                                                                                   problem.loss_fn)
     xs, ys = problem.sample_minibatches(seed, num_tasks, k)
     rows = []
     for task in range(num_tasks):
         terms = terms_fn(problem.phi, xs[task], ys[task])
         for alpha in alphas:
-            exact = exact_fn(problem.phi, xs[task], ys[task], tf.constant(alpha, problem.phi.dtype))
+            exact = exact_fn(xs[task : task + 1], ys[task : task + 1], tf.constant(alpha, problem.phi.dtype))
             for algorithm in ALGORITHMS:
                 zeroth, first = terms[algorithm]
                 rows.append({

@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 
 import pytest
+import tensorflow as tf
 
+from reptile_tf import meta
 from reptile_tf.theory.coefficients import (
     coefficient_rows, coefficients_match, collect_samples, dihedral_orderings, expected_coefficients,
     fit_coefficients, identity_relative_error, ratio_ordering_holds,
@@ -88,3 +90,28 @@ def test_dihedral_orderings_balance_positions(k):
         for a, b in itertools.combinations(o, 2):
             before[(a, b)] += 1
     assert len(set(before.values())) == 1  # every ordered pair equally often in each order
+
+
+def _gradients_at_the_start(model, params, xs, ys, cfg, opt_state=None):
+    """A broken inner loop: every step's gradient is taken at the starting params (the SGD updates do
+    not feed back into the next gradient), the rest as `meta.inner_loop` returns it."""
+    start, previous, grads_per_step, losses, accuracies = params, params, [], [], []
+    for step in range(xs.shape[1]):
+        grads, loss, accuracy = meta.task_gradients(model, start, xs[:, step], ys[:, step], cfg.first_order)
+        previous, params = params, meta.sgd_step(params, grads, cfg.lr)
+        grads_per_step.append(grads)
+        losses.append(loss)
+        accuracies.append(accuracy)
+    return meta.InnerResult(params, previous, grads_per_step, tf.stack(losses), tf.stack(accuracies), {})
+
+
+def test_check_fails_when_the_trained_inner_loop_is_broken(monkeypatch):
+    monkeypatch.setattr(meta, "inner_loop", _gradients_at_the_start)
+    k = 3
+    broken = collect_samples(toy_regression_problem(seed=0), k, [SMALL_ALPHA], num_tasks=4, seed=1)
+    # Reptile and FOMAML lose their AvgGradInner term (the inner steps no longer see each other).
+    # (MAML's leading terms survive this bug: its Jacobian through the steps is still right to O(alpha).)
+    for algorithm in ("fomaml", "reptile"):
+        fitted = fit_coefficients(broken["avg_grad"], broken["avg_grad_inner"],
+                                  broken["gradients"][(algorithm, SMALL_ALPHA)])[:2]
+        assert not coefficients_match(fitted, expected_coefficients(algorithm, k, SMALL_ALPHA), RTOL), fitted

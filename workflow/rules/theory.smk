@@ -1,12 +1,18 @@
 # Numerical checks of the paper's theory (section 5 expansions, section 6.2 experiment on
-# Omniglot, hence the prepared Omniglot input).
+# Omniglot, hence the prepared Omniglot input). The plots go into `snakemake --report`; the job's
+# wall time and peak memory into results/<preset>/benchmarks/theory.tsv (the preset sets the budget).
 
 
 rule theory:
     input:
         f"{TFDS}/omniglot",
     output:
-        directory(f"{config['results_dir']}/theory"),
+        report(
+            directory(f"{config['results_dir']}/theory"),
+            patterns=["{name}.png"],
+            caption="../report/theory.rst",
+            category="Theory",
+        ),
     params:
         budget=config["theory"]["budget"],
         data_dir=parent_of_input,
@@ -14,6 +20,8 @@ rule theory:
         CONDA_ENV
     log:
         f"{config['logs_dir']}/theory.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/theory.tsv"
     threads: resource("theory", "threads", 2)
     resources:
         mem_mb=resource("theory", "mem_mb", 4000),
