@@ -43,6 +43,20 @@ smoke-reference: smoke
 	    $(SMOKE_OUT)/results/smoke/$(SMOKE_TABLE)_tasks.csv $(SMOKE_OUT)/results/smoke/learning_curves_*.png results/smoke/
 	$(BIN)/python -m reptile_tf.runtime > results/smoke/machine.json
 
+# Browse an MLflow store in the MLflow UI at http://$(UI_HOST):$(UI_PORT) (the smoke run's store:
+# `make ui UI_STORE=.cache/smoke/results/mlflow/mlflow.db`). Robust on a loaded machine: uvicorn's
+# worker health check waits 120 s instead of 5 s (busy workers were killed and restarted in a loop),
+# the background job runner (not used here) stays off.
+UI_STORE ?= results/mlflow/mlflow.db
+UI_HOST ?= 127.0.0.1
+UI_PORT ?= 5000
+UI_WORKERS ?= 2
+.PHONY: ui
+ui: venv
+	@test -f $(UI_STORE) || { echo "make ui: no MLflow store at $(UI_STORE); run the pipeline first (make reproduce, make smoke) or pass UI_STORE=path/to/mlflow.db" >&2; exit 2; }
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(UI_STORE)) \
+	    --host $(UI_HOST) --port $(UI_PORT) --workers $(UI_WORKERS) --uvicorn-opts "--timeout-worker-healthcheck 120"
+
 lint: venv
 	$(BIN)/snakemake --lint
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from reptile_tf import flops
+from reptile_tf.cost import A100_FP32_TFLOPS  # the GPU projection's assumption, shared with the workflow's
 from reptile_tf.errors import UserError
 from reptile_tf.io import write_text_atomic
 from reptile_tf.settings import Settings, paper_settings
@@ -62,7 +63,6 @@ PUBLISHED_TIMES = [
     ("official Reptile code", "one evaluation task (50 Adam steps, 5-way 1-shot)", 0.296, ("eval", "omniglot", 5)),
 ]
 REFERENCE_PEAK_GFLOPS = 154.0  # docs/reference.md: TensorFlow float32 matmul peak on these machines
-A100_FP32_TFLOPS = 19.5
 
 
 @dataclass(frozen=True)
@@ -843,17 +843,26 @@ def _argument(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default: %(default)s)")
+    full, quick = Plan((), (), (), (), ()), make_plan(quick=True)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
+                        help="output directory for throughput.csv, profile.csv and README.md (default: %(default)s)")
     parser.add_argument("--quick", action="store_true",
                         help="a few minutes: Omniglot 5-way for every algorithm + Reptile on the other datasets, "
-                             "XLA and reference loop for Reptile Omniglot 5-way only, fewer repeats")
-    parser.add_argument("--cases", type=_argument(parse_cases), default=None,
-                        help="only these ALGORITHM:DATASET:WAYS (comma-separated), measured fully")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (median)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up calls after tracing")
-    parser.add_argument("--matmul-size", type=int, default=None, help="size of the peak matmul (default 2048)")
-    parser.add_argument("--skip", type=_argument(parse_skip), default=(),
-                        help=f"comma-separated parts to leave out: {', '.join(SKIPPABLE)}")
+                             "XLA and reference loop for Reptile Omniglot 5-way only, fewer repeats (default: off, "
+                             "every algorithm on Omniglot 5/20-way and Mini-ImageNet 5-way)")
+    parser.add_argument("--cases", type=_argument(parse_cases), default=None, metavar="CASES",
+                        help="only these ALGORITHM:DATASET:WAYS, comma-separated (e.g. reptile:omniglot:5,"
+                             f"maml:mini_imagenet:5; algorithms {', '.join(ALGORITHMS)}), measured fully "
+                             "(default: all, or the --quick ones)")
+    parser.add_argument("--repeats", type=int, default=None, metavar="N",
+                        help=f"timed repeats per measurement, the median is reported (default: {full.repeats}; "
+                             f"--quick {quick.repeats})")
+    parser.add_argument("--warmup", type=int, default=None, metavar="N",
+                        help=f"untimed warm-up calls after tracing (default: {full.warmup}; --quick {quick.warmup})")
+    parser.add_argument("--matmul-size", type=int, default=None, metavar="N",
+                        help=f"size of the float32 N x N matmul whose speed is the peak (default: {full.matmul_size})")
+    parser.add_argument("--skip", type=_argument(parse_skip), default=(), metavar="PARTS",
+                        help=f"comma-separated parts to leave out: {', '.join(SKIPPABLE)} (default: none)")
     parser.add_argument("--tiny", action="store_true",
                         help="shrink every workload (2 tasks, 1-2 inner steps); for testing the harness only")
 

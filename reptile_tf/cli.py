@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own module, which defines `configure_parser(parser)` and
 `main(args) -> int`. Modules are imported lazily so that `reptile-tf fetch` does not pay
-for importing TensorFlow.
+for importing TensorFlow. The help a user sees is DESCRIPTION below; every option's default is
+added to its help by HelpFormatter (tests/test_cli.py checks that every option has a help).
 """
 
 from __future__ import annotations
@@ -25,12 +26,58 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("reptile_tf.bench", "throughput benchmarks against the measured matmul peak"),
 }
 
+DESCRIPTION = """\
+Reproduce the Reptile paper (Nichol et al. 2018) and its baselines first-order MAML and MAML on
+Omniglot and Mini-ImageNet. The usual order of the commands:
+
+  reptile-tf fetch omniglot --dest data/raw/omniglot
+  reptile-tf prepare omniglot --raw data/raw/omniglot --data-dir data/tfds
+  reptile-tf train --algorithm reptile --dataset omniglot --ways 5 --shots 1 --seed 0 \\
+      --iterations 2000 --out runs/demo/reptile
+  reptile-tf evaluate runs/demo/reptile
+
+Without --iterations, train runs the paper's full budget (hours to days on a CPU). The whole
+grid runs as a pipeline: `make reproduce` (about 1 h on 2 CPU cores); see README.md.
+`reptile-tf COMMAND --help` describes each command's options."""
+
+EPILOG = ("More: README.md (quick start, presets, pipeline), docs/reference.md (the published numbers and "
+          "hyperparameters, with sources).")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default, unless the help already says it or there is
+    nothing to say (None: the help tells what happens; False: a switch that is off; empty lists)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text.lower() or not action.option_strings or action.required
+                or default is None or default is False or default is argparse.SUPPRESS
+                or (isinstance(default, (list, tuple)) and not default)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def package_version() -> str:
+    """The installed distribution's version (pyproject.toml), else the package's own."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("reptile-tf")
+    except metadata.PackageNotFoundError:  # a checkout on sys.path without `pip install`
+        from reptile_tf import __version__
+
+        return __version__
+
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reptile-tf", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser = argparse.ArgumentParser(prog="reptile-tf", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, title="commands")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         if only is None or only == name:
             module = importlib.import_module(module_name)
             module.configure_parser(p)

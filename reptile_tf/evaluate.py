@@ -23,7 +23,6 @@ import argparse
 import csv
 import io as _stdio
 import math
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -160,21 +159,26 @@ def score_chunks(model: Any, settings: Settings, state: dict, get_chunk: Callabl
     `scorer`: a `make_chunk_scorer` result to reuse (saves retracing on repeated calls).
     """
     import numpy as np
-    from tqdm.auto import tqdm
     from reptile_tf import meta
+    from reptile_tf.progress import Progress, resolve_mode
 
     params = meta.params_from_state(state)
     opt_state = adaptation_adam_state(settings, state)
     scorer = scorer or make_chunk_scorer(model, settings, mode)
     results = []
-    with tqdm(total=num_tasks, disable=not progress, desc=f"evaluate {mode}", unit="task",
-              dynamic_ncols=True, file=sys.stderr) as bar:
+    name = metric_name(settings)
+    # A bar on a terminal; in logs a plain line every 5% (and 5 min) with the mean so far.
+    with Progress(num_tasks, f"evaluate {settings.algorithm} {settings.dataset} {mode}", mode=resolve_mode(progress),
+                  unit="task") as bar:
         for start in range(0, num_tasks, chunk_size):
             stop = min(start + chunk_size, num_tasks)
             chunk = _pad_tasks(get_chunk(start, stop), chunk_size)
             values = scorer(params, opt_state, task_seeds(start, chunk_size), chunk["support_x"], chunk["support_y"],
                             chunk["query_x"], chunk["query_y"])
             results.append(np.asarray(values)[: stop - start])
+            if bar.mode != "off":
+                so_far = float(np.mean(np.concatenate(results)))
+                bar.set_postfix({f"{name} so far": f"{so_far:.2%}" if name == "accuracy" else f"{so_far:.4g}"})
             bar.update(stop - start)
     return np.concatenate(results).astype(np.float64)
 
@@ -325,19 +329,32 @@ def _evaluate_into(run_dir: Path, config: dict[str, Any], settings: Settings, mo
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory written by `reptile-tf train`")
-    parser.add_argument("--tasks", type=int, default=None, help="number of evaluation tasks (default: eval_tasks of the run)")
-    parser.add_argument("--mode", choices=(*MODES, "both"), default="both")
-    parser.add_argument("--split", choices=SPLITS, default="test")
-    parser.add_argument("--data-dir", type=Path, default=None,
+    parser.add_argument("--tasks", type=int, default=None, metavar="N",
+                        help="number of evaluation tasks per mode (default: eval_tasks of the run; paper: Reptile/"
+                             "FOMAML 10,000, MAML 600); the first N of the fixed tasks, the same for every run")
+    parser.add_argument("--mode", choices=(*MODES, "both"), default="both",
+                        help="batch norm at test time: transductive (statistics of all queries of a task, '+T' "
+                             "in the paper's tables), non_transductive (each query with the support set only), "
+                             "or both")
+    parser.add_argument("--split", choices=SPLITS, default="test",
+                        help="split the tasks are drawn from (val: Mini-ImageNet and the Omniglot vinyals protocol "
+                             "only; train: for diagnosing overfitting)")
+    parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                         help="prepared TFDS data directory (default: the one recorded by train, else data/tfds)")
-    parser.add_argument("--chunk-size", type=int, default=None, help="tasks per compiled call")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--chunk-size", type=int, default=None, metavar="N",
+                        help="tasks per compiled call; results do not depend on it (default: from the memory a "
+                             "task needs, at most 50)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar: a plain line every 5%% (and 5 min) with the accuracy so far instead, "
+                             "as when stderr is not a terminal (logs)")
 
 
 def main(args: argparse.Namespace) -> int:
+    from reptile_tf.progress import cli_mode
+
     modes = MODES if args.mode == "both" else (args.mode,)
     result = evaluate_run(args.run_dir, modes, args.tasks, args.split, args.data_dir, args.chunk_size,
-                          progress=not args.no_progress and sys.stderr.isatty())
+                          progress=cli_mode(args.no_progress))
     for mode in modes:
         entry = result[mode]
         name = entry["metric"]

@@ -666,22 +666,29 @@ def format_diff(result: TableDiff) -> str:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runs", help="directory holding run directories, e.g. runs/quick")
-    parser.add_argument("--out", help="output directory for tables and figures, e.g. results/quick")
-    sub = parser.add_subparsers(dest="tables_command", metavar="diff")
+    parser.add_argument("--runs", metavar="DIR",
+                        help="directory holding run directories (searched recursively), e.g. runs/quick; "
+                             "required unless `diff`")
+    parser.add_argument("--out", metavar="DIR",
+                        help="output directory for the tables (Markdown, CSV, per-task CSV) and learning curves, "
+                             "e.g. results/quick; required unless `diff`")
+    sub = parser.add_subparsers(dest="tables_command", metavar="diff", title="compare two tables")
     diff = sub.add_parser(
         "diff", help="compare two table CSVs cell by cell (exit 1 when they differ)",
+        formatter_class=parser.formatter_class,
         description="Compare two table CSVs cell by cell; exit 1 when a cell moved or a row appeared or "
                     "disappeared, 0 otherwise. Default: exact same-machine check (--tolerance). With --paired: "
                     "a cell moved only when a paired t-test on its per-task accuracies (`<table>_tasks.csv` "
                     "beside each table) rejects 'no change' at family-wise level --alpha (Holm): the check "
                     "that holds across machines, whose floating-point results legitimately differ.")
-    diff.add_argument("old", help="reference table CSV")
-    diff.add_argument("new", help="fresh table CSV")
-    diff.add_argument("--tolerance", type=float, default=0.0,
-                      help="largest allowed absolute change of a number, in the table's units (default 0)")
+    diff.add_argument("old", metavar="OLD.csv", help="reference table CSV, e.g. results/smoke/table2_omniglot.csv")
+    diff.add_argument("new", metavar="NEW.csv", help="fresh table CSV (its <table>_tasks.csv beside it for --paired)")
+    diff.add_argument("--tolerance", type=float, default=0.0, metavar="X",
+                      help="largest allowed absolute change of a number, in the table's units (default 0: exact, "
+                           "for two runs on the same machine)")
     diff.add_argument("--paired", action="store_true",
-                      help="judge our accuracies by the paired test on per-task accuracies instead of --tolerance")
+                      help="judge our accuracies by the paired test on per-task accuracies instead of --tolerance "
+                           "(default: off)")
     diff.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                       help=f"family-wise level of the paired tests (default {DEFAULT_ALPHA:g})")
 

@@ -80,41 +80,62 @@ def _flag_type(annotation: Any) -> Any:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--algorithm", required=True, choices=ALGORITHMS)
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--ways", type=int, required=True, help="classes per task (N)")
-    parser.add_argument("--shots", type=int, required=True, help="support examples per class (K)")
-    parser.add_argument("--seed", type=int, required=True, help="fixes initialisation, task sampling and data order")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="run directory (default: runs/<dataset>/<algorithm>_<ways>way_<shots>shot_seed<seed>)")
-    parser.add_argument("--data-dir", type=Path, default=None,
+    from reptile_tf import flag_help
+
+    parser.add_argument("--algorithm", required=True, choices=ALGORITHMS,
+                        help="reptile, fomaml (first-order MAML, Reptile paper settings) or maml (MAML paper settings)")
+    parser.add_argument("--dataset", required=True, choices=DATASETS,
+                        help="omniglot (28x28), mini_imagenet (84x84), or sine (MAML's regression toy, no data)")
+    parser.add_argument("--ways", type=int, required=True, metavar="N",
+                        help="classes per task (paper: Omniglot 5 or 20, Mini-ImageNet 5)")
+    parser.add_argument("--shots", type=int, required=True, metavar="K",
+                        help="support examples per class (paper: 1 or 5)")
+    parser.add_argument("--seed", type=int, required=True,
+                        help="fixes initialisation, task sampling and data order (the paper presets use 0, 1, 2)")
+    parser.add_argument("--out", type=Path, default=None, metavar="RUN_DIR",
+                        help="run directory; re-running into it resumes (default: "
+                             "runs/<dataset>/<algorithm>_<ways>way_<shots>shot_seed<seed>)")
+    parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                         help=f"prepared TFDS data directory (default: {DEFAULT_DATA_DIR})")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="reptile",
-                        help="Omniglot split protocol (default: reptile)")
-    parser.add_argument("--xla", action="store_true", help="compile the meta-step with XLA (jit_compile=True)")
+                        help="Omniglot split protocol: reptile (1,200 training characters, 423 test, as the Reptile "
+                             "paper) or vinyals (train/val/test splits)")
+    parser.add_argument("--xla", action="store_true",
+                        help="compile the meta-step with XLA (jit_compile=True); for GPUs, slow on a CPU (default: off)")
     parser.add_argument("--mixed-precision", action="store_true",
-                        help="compute in bfloat16 (float32 parameters and updates; recorded in config.json)")
-    parser.add_argument("--checkpoint-every", type=int, default=1000, metavar="N")
+                        help="compute in bfloat16 (float32 parameters and updates; recorded in config.json) "
+                             "(default: off)")
+    parser.add_argument("--checkpoint-every", type=int, default=1000, metavar="N",
+                        help="write a checkpoint every N iterations (and at the end): the point a killed run "
+                             "resumes from")
     parser.add_argument("--keep-checkpoints", type=int, default=3, metavar="N",
-                        help="checkpoints kept on disk, newest first (default: 3; 1 keeps only the latest, "
-                             "for run directories committed to git)")
-    parser.add_argument("--log-every", type=int, default=100, metavar="N")
+                        help="checkpoints kept on disk, newest first (1 keeps only the latest, for run "
+                             "directories committed to git)")
+    parser.add_argument("--log-every", type=int, default=100, metavar="N",
+                        help="append the meta-batch's loss and accuracy to metrics.jsonl every N iterations")
     parser.add_argument("--val-every", type=int, default=None, metavar="N",
                         help="validation accuracy every N iterations (default: iterations/10; 0 = off)")
     parser.add_argument("--val-tasks", type=int, default=100, metavar="N",
-                        help="number of fixed validation tasks (default: 100)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+                        help="number of fixed validation tasks")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar: a plain line every 5%% (and 5 min) instead, as when stderr is not a "
+                             "terminal (logs)")
     group = parser.add_argument_group(
-        "hyperparameter overrides", "default: the paper's value for this setting (reptile_tf.settings)")
+        "hyperparameter overrides",
+        "Default: the published value for the chosen algorithm, dataset, ways and shots (reptile_tf/settings.py, "
+        "from docs/reference.md); the values below are the papers' for Omniglot 5/20-way and Mini-ImageNet "
+        "5-way (sine: reptile_tf/settings.py). A setting the papers did not publish needs every value given.")
     for name, annotation in _field_types().items():
         if name in _NOT_A_FLAG:
             continue
         flag = "--" + name.replace("_", "-")
         kind = _flag_type(annotation)
         if kind is bool:
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                               help=flag_help.override_help(name))
         else:
-            group.add_argument(flag, dest=name, type=kind, default=None, metavar=name.upper())
+            group.add_argument(flag, dest=name, type=kind, default=None, metavar=flag_help.flag_metavar(name),
+                               help=flag_help.override_help(name))
 
 
 def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -547,6 +568,10 @@ def make_task_source(settings: Settings, data_dir: Path | None, protocol: str,
     check_task_shape(settings, num_classes, per_class, "train", train_support, train_queries)
     info = {"train_split": "train", "train_shape": list(images.shape), "digest": array_digest(images.numpy()),
             "validation": validation_source(settings, protocol)}
+    if settings.dataset == "omniglot" and train_images is None:
+        resize_filter = episodes.omniglot_resize_filter(data_dir)
+        if resize_filter != "lanczos":  # recorded only when not the default, so older configs stay as they were
+            info["omniglot_resize_filter"] = resize_filter
     if settings.dataset == "omniglot" and protocol == "reptile":
         val_images = images
     else:
@@ -836,8 +861,11 @@ def make_validator(model: Any, settings: Settings, val_episodes: dict) -> Callab
 
 
 def train(settings: Settings, seed: int, run_dir: Path, options: RunOptions = RunOptions(),
-          data_dir: Path | None = None, progress: bool = True, train_images: Any = None) -> Path:
+          data_dir: Path | None = None, progress: bool | str = True, train_images: Any = None) -> Path:
     """Meta-train into `run_dir` (resuming from its last checkpoint); returns run_dir.
+
+    `progress`: True = a bar on a terminal, plain lines otherwise; False = silent; or a
+    `reptile_tf.progress` mode ("bar", "lines", "off").
 
     `train_images` lets callers (tests) pass an already loaded training split.
     Disk-full and permission errors of any write are UserErrors (one line, no traceback).
@@ -887,7 +915,8 @@ def _train_into(settings: Settings, seed: int, run_dir: Path, options: RunOption
     from reptile_tf import runtime
 
     source = make_task_source(settings, data_dir, options.protocol, train_images)
-    environment = dict(environment_info(model),
+    # `started` (epoch seconds): when this stretch of training began; MLflow shows it as the run's start.
+    environment = dict(environment_info(model), started=time.time(),
                        data_dir=None if settings.dataset == "sine" else str(Path(data_dir or DEFAULT_DATA_DIR).resolve()))
     config = build_config(settings, seed, options, source.info, environment)
     prepare_run_dir(run_dir, config)
@@ -922,15 +951,16 @@ def _train_loop(settings: Settings, model: Any, variables: TrainingVariables, ma
                 options: RunOptions, seed: int, start: int, run_dir: Path, progress: bool) -> None:
     """Iterations start+1 .. settings.iterations: step, check health, log, validate, checkpoint."""
     import numpy as np
-    from tqdm.auto import tqdm
+    from reptile_tf.progress import Progress, resolve_mode
 
     metrics_path = run_dir / METRICS_FILE
     step = build_step(model, settings, variables, source.sample, seed, options.xla)
     validate = make_validator(model, settings, source.validation(options.val_tasks)) if options.val_every else None
     total = settings.iterations
     last_saved = start
-    bar = tqdm(total=total, initial=start, disable=not progress, desc=f"{settings.algorithm} {settings.dataset}",
-               unit="it", dynamic_ncols=True, file=sys.stderr)
+    # A bar on a terminal; in logs a plain line every 5% (and 5 min) with the latest logged metrics.
+    bar = Progress(total, f"train {settings.algorithm} {settings.dataset} {settings.ways}-way {settings.shots}-shot",
+                   mode=resolve_mode(progress), unit="it", initial=start)
     try:
         for iteration in range(start + 1, total + 1):
             metrics, health = step()
@@ -952,8 +982,8 @@ def _train_loop(settings: Settings, model: Any, variables: TrainingVariables, ma
             if record:
                 record.update(iteration=iteration, wall_time=time.time())
                 append_metrics(metrics_path, record)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "accuracy",
-                                                                                     "val_accuracy", "val_mse")})
+                bar.set_postfix({k: v for k, v in record.items() if k in ("loss", "accuracy", "val_accuracy",
+                                                                          "val_mse")})
             if iteration % options.checkpoint_every == 0 or iteration == total:
                 save_checkpoint(manager, iteration, run_dir, last_saved)
                 last_saved = iteration
@@ -972,10 +1002,11 @@ def options_from_args(args: argparse.Namespace, settings: Settings) -> RunOption
 
 
 def main(args: argparse.Namespace) -> int:
+    from reptile_tf.progress import cli_mode
+
     settings = resolve_settings(args.algorithm, args.dataset, args.ways, args.shots, settings_overrides(args))
     options = options_from_args(args, settings)
     run_dir = args.out if args.out is not None else default_run_dir(settings, args.seed)
-    train(settings, args.seed, run_dir, options, data_dir=args.data_dir,
-          progress=not args.no_progress and sys.stderr.isatty())
+    train(settings, args.seed, run_dir, options, data_dir=args.data_dir, progress=cli_mode(args.no_progress))
     print(run_dir)
     return 0

@@ -9,6 +9,9 @@ with `reptile_tf.data.fetch.fetch`, then built with `reptile-tf prepare` logic i
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -81,3 +84,30 @@ def omniglot_test_images(omniglot_data_dir: Path):
     from reptile_tf.data.episodes import load_split
 
     return load_split("omniglot", "test", omniglot_data_dir)
+
+
+# ----------------------------------------------------------------------------- local servers (MLflow)
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """A function returning a TCP port on 127.0.0.1 that is free now."""
+    def pick() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+    return pick
+
+
+@pytest.fixture(scope="session")
+def stop_process_group():
+    """A function stopping a server started with `start_new_session=True`: SIGTERM to its process
+    group (the server and its workers), SIGKILL if it has not exited after `timeout` seconds."""
+    def stop(process: subprocess.Popen, timeout: float = 30) -> None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return stop

@@ -131,6 +131,46 @@ def test_good_overrides_plan_and_reach_the_train_command(workdir, tmp_path):
     assert "--inner-lr 1e-3" in out and "--first-order" in out and "--meta-batch 4" in out
 
 
+@pytest.mark.parametrize("resize_filter, data_dir, prepare_flag", [
+    (None, "data/tfds", ""),
+    ("nearest", "data/tfds_nearest", "--resize-filter nearest"),
+])
+def test_omniglot_resize_filter_gets_its_own_data_dir(workdir, tmp_path, resize_filter, data_dir, prepare_flag):
+    """`reptile-tf prepare` keeps one resize filter per data dir, so the official (nearest) Omniglot
+    is built beside the default one, and train and evaluate read it from there."""
+    extra = []
+    if resize_filter:
+        extra = [overrides_file(tmp_path, "resize.yaml", {"data": {"omniglot_resize_filter": resize_filter}})]
+    result = snakemake(workdir, "-n", "-p", "--configfile", "workflow/config/smoke.yaml", *extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    prepare = next(line for line in out.splitlines() if "reptile-tf prepare omniglot" in line)
+    assert f"--data-dir {data_dir} " in prepare
+    assert (prepare_flag in prepare) if prepare_flag else ("--resize-filter" not in prepare)
+    train = [line for line in out.splitlines() if "reptile-tf train" in line]
+    evaluate = [line for line in out.splitlines() if "reptile-tf evaluate" in line]
+    assert train and evaluate
+    assert all(f"--data-dir {data_dir} " in line for line in train + evaluate)
+
+
+@pytest.mark.parametrize("preset, official", [("paper.yaml", True), ("paper_cpu.yaml", True),
+                                              ("quick.yaml", False), ("smoke.yaml", False)])
+def test_paper_presets_train_with_the_official_code_semantics(workdir, preset, official):
+    """Issue 16: where the official Reptile code's behaviour moves accuracy beyond the seed spread
+    (summed inner loss, 1-bit NEAREST Omniglot), the paper presets follow it; MAML (Finn's code)
+    keeps the mean; quick and smoke keep this project's defaults so their references stay valid."""
+    result = snakemake(workdir, "-n", "-p", "--configfile", f"workflow/config/{preset}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    train = [line for line in (result.stdout + result.stderr).splitlines()
+             if "reptile-tf train" in line and "--dataset omniglot" in line]
+    assert train
+    for line in train:
+        algorithm = line.split("--algorithm ")[1].split()[0]
+        summed = "--loss-reduction sum" in line
+        assert summed == (official and algorithm in ("reptile", "fomaml")), line
+        assert ("--data-dir data/tfds_nearest " in line) == official, line
+
+
 def test_override_check_and_cli_accept_the_same_values():
     """Both come from the Settings table: for every flag and a spread of YAML values, the workflow
     check accepts exactly what `reptile-tf train --flag VALUE` parses (finite numbers only)."""

@@ -203,6 +203,13 @@ def omniglot_base(data_dir: str | os.PathLike) -> tuple[np.ndarray, list[str], d
     return images, characters, dict(builder.info.metadata.get("vinyals", {}))
 
 
+def omniglot_resize_filter(data_dir: str | os.PathLike) -> str:
+    """The resize filter the Omniglot in `data_dir` was prepared with (`reptile-tf prepare --resize-filter`)."""
+    from reptile_tf.data.omniglot import DEFAULT_RESIZE_FILTER
+
+    return (_builder("omniglot", data_dir).info.metadata or {}).get("resize_filter", DEFAULT_RESIZE_FILTER)
+
+
 def mini_imagenet_base(split: str, data_dir: str | os.PathLike) -> np.ndarray:
     """Images [classes, images per class, 84, 84, 3] of a Ravi split, classes in CSV order."""
     builder = _builder("mini_imagenet", data_dir)

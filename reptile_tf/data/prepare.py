@@ -9,14 +9,19 @@ Idempotent: when the dataset is already built in `--data-dir`, nothing is done.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 from reptile_tf.errors import UserError
+from reptile_tf.progress import Progress, cli_mode, format_duration, resolve_mode
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +77,13 @@ def missing_raw_files(dataset: str, raw_dir: Path) -> list[str]:
 
 
 def prepare(dataset: str, raw_dir: str | os.PathLike, data_dir: str | os.PathLike,
-            resize_filter: str | None = None) -> None:
+            resize_filter: str | None = None, progress: bool | str = True) -> None:
     """Build the TFDS dataset `dataset` from the fetched files in `raw_dir` into `data_dir`.
 
     `resize_filter` (Omniglot only): "lanczos" (default) or "nearest" (the official code's
     preprocessing); build the non-default one into its own `data_dir`.
+    `progress`: True = TFDS's bars on a terminal, plain lines otherwise; False = neither; or a
+    `reptile_tf.progress` mode.
 
     A second call with the dataset already built does nothing. TFDS writes into a
     temporary directory and renames it at the end, so an interrupted build leaves no
@@ -116,14 +123,83 @@ def prepare(dataset: str, raw_dir: str | os.PathLike, data_dir: str | os.PathLik
         # stale output): TFDS would "reuse" it and build nothing, so remove it and rebuild.
         log.warning("removing the incomplete %s dataset in %s and building it again", dataset, incomplete)
         shutil.rmtree(incomplete)
+    started = time.monotonic()
+    log.info("prepare %s: building the TFDS dataset from %s into %s", dataset, raw_dir, builder.data_dir)
     # Downloads are not used (manual dir), but TFDS wants a download dir: keep it out of data_dir.
-    with tempfile.TemporaryDirectory(prefix="reptile-tf-prepare-") as download_dir:
+    with tempfile.TemporaryDirectory(prefix="reptile-tf-prepare-") as download_dir, \
+            tfds_progress(resolve_mode(progress), f"prepare {dataset}"):
         config = tfds.download.DownloadConfig(
             manual_dir=os.fspath(raw_dir.resolve()),
             compute_stats=tfds.download.ComputeStatsMode.SKIP,  # saves a full pass over the data
         )
         builder.download_and_prepare(download_dir=download_dir, download_config=config)
-    log.info("%s prepared in %s", dataset, builder.data_dir)
+    log.info("%s prepared in %s (%s)", dataset, builder.data_dir, format_duration(time.monotonic() - started))
+
+
+class _TfdsLines:
+    """Stands in for the tqdm bar TFDS puts around its loops (generating, shuffling a split):
+    plain progress lines instead of a bar (`reptile_tf.progress`, "lines" mode)."""
+
+    def __init__(self, prefix: str, iterable: Any = None, desc: str = "", total: int | None = None,
+                 unit: str = "it", **_: Any) -> None:
+        if total is None and iterable is not None:
+            try:
+                total = len(iterable)
+            except TypeError:
+                total = None
+        self._iterable = iterable
+        label = str(desc).strip().rstrip(".") or "working"
+        if label.startswith("Shuffling "):  # "Shuffling <dir>/<name>.tfrecord-<shard pattern>"
+            label = "Shuffling " + os.path.basename(label[len("Shuffling "):]).split(".tfrecord")[0]
+        self._progress = Progress(total, f"{prefix}: {label}", mode="lines", unit=str(unit).strip() or "it",
+                                  every_fraction=0.1, max_interval_s=30.0, min_interval_s=2.0)
+
+    def __iter__(self) -> Iterator:
+        return self._progress.iterate(self._iterable if self._iterable is not None else ())
+
+    def __enter__(self) -> "_TfdsLines":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._progress.close()
+
+    def update(self, n: int = 1) -> None:
+        self._progress.update(n)
+
+    def close(self) -> None:
+        self._progress.close()
+
+    def __getattr__(self, name: str) -> Callable[..., None]:  # set_description, refresh, ...: ignored
+        return lambda *args, **kwargs: None
+
+
+@contextlib.contextmanager
+def tfds_progress(mode: str, prefix: str) -> Iterator[None]:
+    """TFDS's progress display while building: its own bars ("bar"), none ("off"), or plain lines
+    ("lines": no terminal escape codes in logs).
+
+    "lines" replaces `tensorflow_datasets.core.utils.tqdm`, the function TFDS's builders call for
+    their loops, for the duration; a TFDS without it gets no bars and no lines (only the start and
+    end lines `prepare` logs itself).
+    """
+    if mode == "bar":
+        yield
+        return
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core import utils as tfds_utils
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    was_active = getattr(tqdm_utils, "_active", True)
+    original = getattr(tfds_utils, "tqdm", None)
+    tfds.display_progress_bar(False)
+    if mode == "lines" and original is not None:
+        tfds_utils.tqdm = functools.partial(_TfdsLines, prefix)
+    try:
+        yield
+    finally:
+        if mode == "lines" and original is not None:
+            tfds_utils.tqdm = original
+        tfds.display_progress_bar(was_active)
 
 
 def found_counts(dataset: str, data_dir: str | os.PathLike) -> dict:
@@ -134,20 +210,25 @@ def found_counts(dataset: str, data_dir: str | os.PathLike) -> dict:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", choices=DATASETS)
-    parser.add_argument("--raw", type=Path, default=None,
-                        help="fetched raw directory (default: data/raw/<dataset>)")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                        help="TFDS data directory (default: data/tfds)")
+    parser.add_argument("dataset", choices=DATASETS,
+                        help="omniglot (1,623 characters, resized to 28x28) or mini_imagenet (Ravi split, 84x84)")
+    parser.add_argument("--raw", type=Path, default=None, metavar="DIR",
+                        help="the verified raw directory of `reptile-tf fetch` (default: data/raw/<dataset>)")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, metavar="DIR",
+                        help="TFDS data directory to build into (default: data/tfds)")
     parser.add_argument("--resize-filter", choices=("lanczos", "nearest"), default=None,
                         help="omniglot only: 28x28 resize filter (default lanczos; nearest = official code, "
                              "binary images; give it its own --data-dir)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars: plain progress lines instead, as when stderr is not a terminal "
+                             "(logs)")
 
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     raw_dir = args.raw if args.raw is not None else default_raw_dir(args.dataset)
-    prepare(args.dataset, raw_dir, args.data_dir, getattr(args, "resize_filter", None))
+    prepare(args.dataset, raw_dir, args.data_dir, getattr(args, "resize_filter", None),
+            progress=cli_mode(getattr(args, "no_progress", False)))
     counts = found_counts(args.dataset, args.data_dir)
     if counts:
         print(json.dumps({args.dataset: summarize_counts(counts)}, indent=2))

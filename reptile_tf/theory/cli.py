@@ -15,12 +15,15 @@ PARTS = ("taylor", "coefficients", "manifold", "combinations")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="results/theory", help="output directory (default: results/theory)")
+    parser.add_argument("--out", default="results/theory", metavar="DIR",
+                        help="output directory for the CSVs, plots and README.md (default: results/theory)")
     parser.add_argument("--budget", default="quick", choices=("smoke", "quick", "paper"),
-                        help="amount of work: smoke ~2 min, quick ~10 min on 2 CPU cores, paper = the paper's sizes")
-    parser.add_argument("--data-dir", default="data/tfds", help="prepared TFDS data (default: data/tfds)")
+                        help="amount of work: smoke ~2 min, quick ~3-10 min on 2 CPU cores, paper = the paper's "
+                             "sizes (section 6.2: 40,000 iterations; about 5 h on 2 CPU cores, projected)")
+    parser.add_argument("--data-dir", default="data/tfds", metavar="DIR",
+                        help="prepared TFDS data holding omniglot (default: data/tfds)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
-    parser.add_argument("--parts", default=",".join(PARTS),
+    parser.add_argument("--parts", default=",".join(PARTS), metavar="PARTS",
                         help=f"comma-separated subset of {','.join(PARTS)} (default: all)")
     parser.add_argument("--synthetic-only", action="store_true",
                         help="skip everything that needs Omniglot (the real-network Taylor rows and the "

@@ -140,9 +140,33 @@ def resource(rule_name, key, default):
     return (config["resources"].get(rule_name) or {}).get(key, default)
 
 
+def tfds_root(dataset):
+    """The TFDS data dir holding `dataset`: Omniglot prepared with a non-default resize filter
+    (data.omniglot_resize_filter; `nearest` = the official code's preprocessing) gets its own,
+    since `reptile-tf prepare` keeps one filter per data dir."""
+    resize = config["data"]["omniglot_resize_filter"]
+    if dataset == "omniglot" and resize != "lanczos":
+        return f"{TFDS}_{resize}"
+    return TFDS
+
+
 def prepared(wildcards):
-    """The TFDS dataset a job reads (built by rule prepare)."""
-    return f"{TFDS}/{wildcards.dataset}"
+    """The TFDS dataset a job reads (built by the prepare rule). `ancient`: only its existence counts,
+    not its mtime, so preparing the data in a fresh clone does not retrain or re-evaluate the
+    committed run directories (train checks the data digest against config.json on resume)."""
+    return ancient(f"{tfds_root(wildcards.dataset)}/{wildcards.dataset}")
+
+
+def data_dir_of(wildcards):
+    """`--data-dir` of a train or evaluate job."""
+    return tfds_root(wildcards.dataset)
+
+
+def prepare_flags(wildcards):
+    """`--resize-filter` when rule prepare builds the dir of a non-default Omniglot filter."""
+    if wildcards.variant:
+        return flag("resize_filter", wildcards.variant.lstrip("_"))
+    return ""
 
 
 def grid_jobs():
@@ -242,6 +266,15 @@ def config_error(key, message):
     )
 
 
+def job_settings(train, job):
+    """The Settings one grid job trains with: the paper's, then the config's overrides and budget."""
+    overrides = {k: train.override_value(k, v) for k, v in merged_overrides(job).items()}
+    iterations = budget_value(job, "iterations")
+    if iterations is not None:
+        overrides["iterations"] = iterations
+    return train.merge_settings(job.algorithm, job.dataset, job.ways, job.shots, overrides)
+
+
 def check_overrides():
     """Names and types of every `overrides` entry, then every grid job's resolved settings."""
     from types import SimpleNamespace
@@ -262,12 +295,8 @@ def check_overrides():
         job = SimpleNamespace(**job)
         label = f"{job.dataset} {job.ways}-way {job.shots}-shot {job.algorithm}"
         index = next(i for i, s in enumerate(SETTINGS) if s is find_setting(job))
-        overrides = {k: train.override_value(k, v) for k, v in merged_overrides(job).items()}
-        iterations = budget_value(job, "iterations")
-        if iterations is not None:
-            overrides["iterations"] = iterations
         try:
-            settings = train.merge_settings(job.algorithm, job.dataset, job.ways, job.shots, overrides)
+            settings = job_settings(train, job)
         except UserError as err:
             raise config_error(f"grid.settings.{index}", str(err)) from None
         problems = train.settings_problems(settings)
@@ -278,3 +307,131 @@ def check_overrides():
 
 
 check_overrides()
+
+
+# ------------------------------------------------------------------ the plan's cost, said before it starts
+
+# When the jobs still to run add up to more than `plan_notice` hours (default 4) of a 2-core CPU,
+# say so before anything runs: jobs by rule, hours projected from the measured throughput
+# (reptile_tf.cost: results/benchmarks/), this machine's device, and how to choose a smaller
+# preset. Only the main Snakemake process says it (a cluster executor's jobs parse this file
+# again), on stderr (stdout stays clean for `snakemake --dag | dot`). The dry run says it too.
+# `--config plan_notice=False` silences it.
+
+# preset -> (hours on 2 cores, how to choose it); quick and smoke measured, paper_cpu projected
+SMALLER_PRESETS = {
+    "quick": (1.0, "`make reproduce` (= --configfile workflow/config/quick.yaml; the full grid at small "
+                   "budgets, 57 min measured on 2 cores)"),
+    "smoke": (0.1, "--configfile workflow/config/smoke.yaml (one setting, tiny budgets: minutes)"),
+    "paper_cpu": (19.0, "`make reproduce PRESET=paper_cpu` (Omniglot 5-way at the papers' budgets, 1 seed: "
+                        "about 19 h projected)"),
+}
+
+
+def checkpointed_iteration(run_dir):
+    """The newest checkpoint's iteration in a run directory (0 if none): where training resumes."""
+    try:
+        names = os.listdir(os.path.join(run_dir, "checkpoints"))
+    except OSError:
+        return 0
+    done = [int(name[5:-6]) for name in names
+            if name.startswith("ckpt-") and name.endswith(".index") and name[5:-6].isdigit()]
+    return max(done, default=0)
+
+
+def plan_projection():
+    """Per rule: jobs in the grid, jobs whose output is missing, projected hours and FLOPs of those."""
+    from types import SimpleNamespace
+
+    from reptile_tf import cost
+
+    train = _settings_table()
+    throughput = cost.load_throughput(config["results_dir"])
+    modes = tuple(config["grid"]["eval_modes"])
+    plan = {step: {"planned": 0, "to_run": 0, "hours": 0.0, "flops": 0.0, "sizes": []}
+            for step in ("train", "evaluate", "theory", "bench")}
+    for job in grid_jobs():
+        run_dir = RUN_DIR.format(**job)
+        settings = job_settings(train, SimpleNamespace(**job))
+        entry = plan["train"]
+        entry["planned"] += 1
+        if not os.path.exists(os.path.join(run_dir, "DONE")):
+            remaining = max(0, settings.iterations - checkpointed_iteration(run_dir))
+            entry["to_run"] += 1
+            seconds = remaining * cost.seconds_per_iteration(settings, throughput)
+            entry["hours"] += (cost.JOB_STARTUP_S + seconds) / 3600
+            entry["flops"] += cost.training_flops(settings, remaining)
+            entry["sizes"].append(settings.iterations)
+        entry = plan["evaluate"]
+        entry["planned"] += 1
+        if not os.path.exists(os.path.join(run_dir, "eval.json")):
+            tasks = budget_value(SimpleNamespace(**job), "eval_tasks") or settings.eval_tasks
+            entry["to_run"] += 1
+            seconds = tasks * cost.seconds_per_eval_task(settings, modes, throughput)
+            entry["hours"] += (cost.JOB_STARTUP_S + seconds) / 3600
+            entry["flops"] += cost.evaluation_flops(settings, tasks, modes)
+            entry["sizes"].append(tasks)
+    for step, output, hours in (("theory", "theory", cost.THEORY_HOURS[config["theory"]["budget"]]),
+                                ("bench", "benchmarks", cost.BENCH_QUICK_HOURS)):
+        if config[step]["enabled"]:
+            plan[step]["planned"] = 1
+            if not os.path.exists(f"{config['results_dir']}/{output}"):
+                plan[step].update(to_run=1, hours=hours)
+    return plan, throughput
+
+
+def plan_notice():
+    """The statement of a large plan (None when the projection stays under `plan_notice` hours)."""
+    from reptile_tf import cost
+
+    threshold = config.get("plan_notice", 4)
+    if threshold is False or threshold is None:
+        return None
+    if threshold is True:
+        threshold = 4
+    plan, throughput = plan_projection()
+    total = sum(entry["hours"] for entry in plan.values())
+    if total <= threshold:
+        return None
+    lines = [f"reptile-tf: preset '{PRESET}' is a large plan: about {cost.format_hours(total)} of computing "
+             "on a 2-core CPU, before fetch/prepare/track/tables (minutes)."]
+    units = {"train": "meta-iterations", "evaluate": f"tasks x {len(config['grid']['eval_modes'])} mode(s)"}
+    for step, entry in plan.items():
+        if not entry["planned"]:
+            continue
+        sizes = entry["sizes"]
+        size = ""
+        if sizes and step in units:
+            low, high = min(sizes), max(sizes)
+            size = f", {low:,}" + (f"-{high:,}" if high != low else "") + f" {units[step]} each"
+        hours = f"~{cost.format_hours(entry['hours'])}{size}" if entry["to_run"] else "done"
+        lines.append(f"  {step:<9} {entry['to_run']:>3} of {entry['planned']:>3} job(s) to run: {hours}")
+    lines.append(f"  Projected from measured throughput ({throughput.source}; an idle 2-core CPU, XLA off): "
+                 "a busier or slower machine takes longer.")
+    gpus = cost.detect_gpus()
+    here = f"{len(gpus)} GPU(s): {', '.join(gpus)}" if gpus else "CPU only, no NVIDIA GPU found"
+    lines.append(f"  This machine: {here}; {cost.cpu_description()}.")
+    total_flops = sum(entry["flops"] for entry in plan.values())
+    asks_gpu = resource("train", "gpu", 0)
+    if gpus or asks_gpu:
+        fast, slow = cost.gpu_hours_range(total_flops)
+        lines.append(f"  On GPUs: about {cost.format_hours(fast)} to {cost.format_hours(slow)} of one A100 "
+                     "(FLOP count at 20% to 5% of its peak; a projection, no GPU has been measured)"
+                     + (f"; each training job asks for gpu={asks_gpu} (resources.train.gpu)" if asks_gpu else "")
+                     + ".")
+    if config["train"]["xla"] and not gpus:
+        lines.append("  train.xla is true: on a CPU, XLA makes the meta-step about 10x slower "
+                     "(results/benchmarks/README.md); set train.xla: false for CPU runs.")
+    smaller = [text for name, (hours, text) in SMALLER_PRESETS.items() if name != PRESET and hours < total]
+    if smaller:
+        lines.append("  For a smaller run: " + "; or ".join(smaller) + ".")
+    lines.append("  This note: shown above plan_notice hours (now "
+                 f"{threshold:g}); `--config plan_notice=False` silences it.")
+    return "\n".join(lines)
+
+
+# (getattr: a Snakemake without the attribute prints it in every process, which is harmless)
+if getattr(workflow, "is_main_process", True):
+    _notice = plan_notice()
+    if _notice:
+        print(_notice, file=sys.stderr, flush=True)

@@ -23,17 +23,20 @@ rule prepare:
     input:
         f"{RAW}/{{dataset}}/VERIFIED.json",
     output:
-        directory(f"{TFDS}/{{dataset}}"),
+        directory(f"{TFDS}{{variant}}/{{dataset}}"),
+    wildcard_constraints:
+        variant="|_nearest",
     params:
         raw=parent_of_input,
         data_dir=parent_of_output,
+        flags=prepare_flags,
     conda:
         CONDA_ENV
     log:
-        f"{LOGS}/prepare/{{dataset}}.log",
+        f"{LOGS}/prepare/{{dataset}}{{variant}}.log",
     threads: resource("prepare", "threads", 1)
     resources:
         mem_mb=resource("prepare", "mem_mb", 8000),
         runtime=resource("prepare", "runtime", 120),
     shell:
-        "reptile-tf prepare {wildcards.dataset} --raw {params.raw} --data-dir {params.data_dir} > {log} 2>&1"
+        "reptile-tf prepare {wildcards.dataset} --raw {params.raw} --data-dir {params.data_dir} {params.flags} > {log} 2>&1"

@@ -1,4 +1,5 @@
 # Final test accuracy with a 95% interval, in the batch-norm modes of grid.eval_modes.
+# benchmark: wall time and peak memory of the job (results/<preset>/benchmarks/evaluate/<run>.tsv).
 
 
 rule evaluate:
@@ -9,12 +10,14 @@ rule evaluate:
         f"{RUN_DIR}/eval.json",
     params:
         run_dir=parent_of_output,
-        data_dir=TFDS,
+        data_dir=data_dir_of,
         flags=eval_flags,
     conda:
         CONDA_ENV
     log:
         f"{LOGS}/evaluate/{RUN_NAME}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate/{RUN_NAME}.tsv"
     threads: resource("evaluate", "threads", 2)
     resources:
         gpu=resource("evaluate", "gpu", 0),

@@ -1,5 +1,8 @@
 # MLflow mirrors the run directories: the store and experiment are created once (track_init),
-# then every finished run is logged idempotently (re-running updates the same MLflow run).
+# then every finished run is logged idempotently (re-running updates the same MLflow run): its
+# training times, metrics in percent, dataset inputs, artifacts and the model in MLflow's format,
+# and the parent run of its setting (mean over the seeds tracked so far). Track jobs of one store
+# take turns (a file lock beside the SQLite file). Browse the store with `make ui`.
 
 
 rule track_init:

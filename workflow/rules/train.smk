@@ -4,6 +4,8 @@
 # parallel jobs do not oversubscribe the cores; one inter-op thread, because concurrent
 # independent ops made MAML's second-order step non-deterministic on CPU (measured: two
 # identical 8-iteration runs differed from iteration 4 on; with 1 inter-op thread they agree).
+# benchmark: Snakemake's wall time and peak memory of the job (s, max_rss, ...), one TSV per run, under
+# results/<preset>/benchmarks/<rule>/ (the wall-time and memory figures quoted in READMEs).
 
 
 rule train:
@@ -13,12 +15,14 @@ rule train:
         f"{RUN_DIR}/DONE",
     params:
         run_dir=parent_of_output,
-        data_dir=TFDS,
+        data_dir=data_dir_of,
         flags=train_flags,
     conda:
         CONDA_ENV
     log:
         f"{LOGS}/train/{RUN_NAME}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{RUN_NAME}.tsv"
     threads: resource("train", "threads", 2)
     resources:
         gpu=resource("train", "gpu", 0),

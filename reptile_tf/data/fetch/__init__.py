@@ -93,6 +93,7 @@ from reptile_tf.data.fetch.verify import (
 )
 from reptile_tf.errors import UserError
 from reptile_tf.io import atomic_path, read_json, write_json_atomic
+from reptile_tf.progress import cli_mode
 
 ENV_MIRROR = "REPTILE_TF_MIRROR"
 STAMP_NAME = "VERIFIED.json"
@@ -357,8 +358,11 @@ def _archive_image_counts(dest: Path, ctx: VerifyContext) -> dict:
 
 
 def fetch(dataset: str, dest: str | os.PathLike, mirrors: Sequence[str] = (), source: str | None = None,
-          progress: bool = True, limits: TransferLimits | None = None) -> Path:
+          progress: bool | str = True, limits: TransferLimits | None = None) -> Path:
     """Make `dest` hold the verified raw files of `dataset`; return it.
+
+    `progress`: True = byte-counting bars on a terminal, plain lines for large files in logs;
+    False = nothing; or a `reptile_tf.progress` mode.
 
     Sources, file by file: `source`, then `mirrors`, then the mirrors in `REPTILE_TF_MIRROR`,
     then the canonical URL; each transfer obeys `limits` (default: TransferLimits()). Raises
@@ -474,13 +478,21 @@ def _rate(text: str) -> float:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", choices=DATASETS)
-    parser.add_argument("--dest", required=True, help="directory to hold the verified raw files")
+    parser.add_argument("dataset", choices=DATASETS,
+                        help="omniglot (downloaded from its canonical URLs when no mirror has it) or "
+                             "mini_imagenet (no public download: give --source or a mirror)")
+    parser.add_argument("--dest", required=True, metavar="DIR",
+                        help="directory to hold the verified raw files (the pipeline uses data/raw/<dataset>)")
     parser.add_argument("--mirror", action="append", default=[], metavar="DIR_OR_URL",
-                        help=f"mirror root (repeatable), tried before ${ENV_MIRROR} and the canonical URL")
+                        help=f"mirror root (repeatable), tried before ${ENV_MIRROR} and the canonical URL; laid out "
+                             "as <mirror>/omniglot/..., <mirror>/miniimagenet/... with an optional SHA256SUMS "
+                             "(default: none)")
     parser.add_argument("--source", default=None, metavar="PATH_OR_URL",
-                        help="the dataset folder itself (tried first), e.g. your own Mini-ImageNet copy")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+                        help="the dataset folder itself (tried first), e.g. your own Mini-ImageNet copy "
+                             "(default: none)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars: for files of several MB a plain line with bytes, rate and time "
+                             "left every few seconds instead, as when stderr is not a terminal (logs)")
     limits = parser.add_argument_group("download limits (a source breaking them is abandoned for the next one)")
     limits.add_argument("--timeout", type=_positive_seconds, default=None, metavar="SECONDS",
                         help=f"deadline for each file's transfer (default: {DEADLINE_HELP})")
@@ -500,7 +512,7 @@ def limits_from_args(args: argparse.Namespace) -> TransferLimits:
 def main(args: argparse.Namespace) -> int:
     dest = Path(args.dest)
     already = stamp_is_current(dest, args.dataset)
-    fetch(args.dataset, dest, mirrors=args.mirror, source=args.source, progress=not args.no_progress,
+    fetch(args.dataset, dest, mirrors=args.mirror, source=args.source, progress=cli_mode(args.no_progress),
           limits=limits_from_args(args))
     print(f"{args.dataset}: already verified, nothing to do ({dest / STAMP_NAME})" if already else summary(dest))
     return 0

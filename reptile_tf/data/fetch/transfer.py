@@ -22,7 +22,6 @@ import http.client
 import os
 import re
 import socket
-import sys
 import threading
 import time
 import urllib.error
@@ -32,6 +31,8 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
+
+from reptile_tf.progress import Progress, resolve_mode
 
 try:
     import ssl
@@ -339,19 +340,28 @@ def read_small(location: str, limits: TransferLimits, max_bytes: int = 4 << 20) 
     return bytes(data)
 
 
-def _progress_bar(total: int | None, desc: str, enabled: bool):
-    from tqdm import tqdm  # only needed when copying
-
-    return tqdm(
-        total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-        disable=not (enabled and sys.stderr.isatty()), leave=False,
-    )
+# In logs (no terminal), files from this size on get progress lines; smaller ones are quick.
+LINES_MIN_BYTES = 4 << 20
 
 
-def copy_location(location: str, target: Path, limits: TransferLimits, desc: str, progress: bool) -> str:
+def _progress_bar(total: int | None, desc: str, progress: bool | str) -> Progress:
+    """A byte-counting bar on a terminal; in logs, for files of LINES_MIN_BYTES or more (or of
+    unknown size), a plain line with bytes, rate and time left every 10% (at most every 5 s, at
+    least every 30 s) and one at the end."""
+    mode = resolve_mode(progress)
+    if mode == "lines" and total is not None and total < LINES_MIN_BYTES:
+        mode = "off"
+    label = desc if mode == "bar" else f"fetch {desc}"
+    return Progress(total, label, mode=mode, unit="B", every_fraction=0.1, min_interval_s=5.0, max_interval_s=30.0,
+                    leave=False)
+
+
+def copy_location(location: str, target: Path, limits: TransferLimits, desc: str, progress: bool | str) -> str:
     """Stream `location` into `target` (a temp file), returning the sha256 of the bytes written.
 
     Source problems raise Missing / TooSlow; errors writing `target` propagate as OSError.
+    `progress`: True = a bar on a terminal, lines in logs; False = nothing; or a
+    `reptile_tf.progress` mode.
     """
     digest = hashlib.sha256()
     with open_location(location, limits) as (chunks, total):

@@ -1,0 +1,264 @@
+"""How long training and evaluation take: the one home of "seconds per meta-iteration".
+
+Projections come from measured throughput, `results/benchmarks/throughput.csv` (written by
+`reptile-tf bench`; compiled meta-step, XLA off, the paper's 1-shot settings), and from the hand
+FLOP count of `reptile_tf.flops` for the workloads the benchmark did not measure:
+
+- training, seconds per meta-iteration: the measured time when the benchmark ran this very
+  workload (same algorithm, dataset, ways and FLOP count); otherwise the workload's FLOPs at the
+  measured GFLOP/s of the closest measured workload (same algorithm and dataset, else same
+  dataset, else any), taking the slowest rate when several are equally close (conservative);
+- evaluation, seconds per task and mode: the task's FLOPs (`flops.eval_task_flops`) at the
+  GFLOP/s the benchmark's evaluation measurement reached (Reptile Omniglot 5-way, 50 Adam steps,
+  non-transductive, chunked as `reptile-tf evaluate`).
+
+When no benchmark file is found, FALLBACK_THROUGHPUT (the committed measurement) is used.
+Projections are for the measured machine class (a 2-core CPU) at its idle speed: a machine shared
+with other jobs takes longer (the committed paper_cpu Reptile run logged about 0.1 s per iteration
+on a loaded machine, against the 0.048 s measured idle).
+
+Imports neither TensorFlow nor numpy: the Snakefile uses it at parse time (workflow/rules/common.smk).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from reptile_tf import flops
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+THROUGHPUT_FILE = Path("benchmarks") / "throughput.csv"  # under a results directory
+
+# The committed measurement, results/benchmarks/throughput.csv of 2026-11-26 (`reptile-tf bench
+# --quick --repeats 15 --warmup 3`, AMD EPYC Zen 4, 2 cores, TensorFlow 2.21, oneDNN on, XLA off,
+# load average ~1.8), for a checkout without results/. Columns as in the CSV; "maml_fo" = MAML
+# with first_order at the MAML settings.
+FALLBACK_SOURCE = "results/benchmarks/throughput.csv of 2026-11-26 (2-core AMD EPYC), built into reptile_tf.cost"
+FALLBACK_THROUGHPUT: tuple[dict, ...] = (
+    {"algorithm": "reptile", "dataset": "omniglot", "ways": 5, "sec_per_meta_iter": 0.048198,
+     "gflop_per_meta_iter": 3.98112, "eval_tasks_per_s": 18.2965},
+    {"algorithm": "fomaml", "dataset": "omniglot", "ways": 5, "sec_per_meta_iter": 0.0704361,
+     "gflop_per_meta_iter": 5.17546, "eval_tasks_per_s": 18.2965},
+    {"algorithm": "maml", "dataset": "omniglot", "ways": 5, "sec_per_meta_iter": 0.131419,
+     "gflop_per_meta_iter": 10.1917, "eval_tasks_per_s": math.nan},
+    {"algorithm": "maml_fo", "dataset": "omniglot", "ways": 5, "sec_per_meta_iter": 0.061396,
+     "gflop_per_meta_iter": 5.09583, "eval_tasks_per_s": math.nan},
+    {"algorithm": "reptile", "dataset": "omniglot", "ways": 20, "sec_per_meta_iter": 0.153169,
+     "gflop_per_meta_iter": 15.9475, "eval_tasks_per_s": math.nan},
+    {"algorithm": "reptile", "dataset": "mini_imagenet", "ways": 5, "sec_per_meta_iter": 0.621817,
+     "gflop_per_meta_iter": 62.6565, "eval_tasks_per_s": math.nan},
+)
+# Where nothing better is known (the sine task: tiny networks, milliseconds per iteration).
+SINE_SECONDS_PER_ITERATION = 0.01
+SINE_SECONDS_PER_EVAL_TASK = 0.001
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Measured rows (XLA off, finite times) and where they came from."""
+
+    rows: tuple[dict, ...]
+    source: str
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def read_throughput(path: str | os.PathLike) -> tuple[dict, ...]:
+    """The XLA-off rows of a `reptile-tf bench` throughput.csv with a finite time (empty if unreadable)."""
+    try:
+        with open(path, newline="") as stream:
+            raw = list(csv.DictReader(stream))
+    except OSError:
+        return ()
+    rows = []
+    for row in raw:
+        try:
+            entry = {"algorithm": row["algorithm"], "dataset": row["dataset"], "ways": int(row["ways"]),
+                     "sec_per_meta_iter": _number(row["sec_per_meta_iter"]),
+                     "gflop_per_meta_iter": _number(row["gflop_per_meta_iter"]),
+                     "eval_tasks_per_s": _number(row.get("eval_tasks_per_s", ""))}
+        except (KeyError, ValueError):
+            continue
+        if str(row.get("xla", "False")).strip().lower() in ("true", "1") or not entry["sec_per_meta_iter"] > 0:
+            continue
+        rows.append(entry)
+    return tuple(rows)
+
+
+def load_throughput(results_dir: str | os.PathLike | None = None) -> Throughput:
+    """Measured throughput: `<results_dir>/benchmarks/throughput.csv`, else the project's
+    `results/benchmarks/throughput.csv`, else FALLBACK_THROUGHPUT."""
+    candidates = [Path(results_dir) / THROUGHPUT_FILE] if results_dir is not None else []
+    candidates.append(PROJECT_ROOT / "results" / THROUGHPUT_FILE)
+    for path in candidates:
+        rows = read_throughput(path)
+        if rows:
+            return Throughput(rows, _short_path(path))
+    return Throughput(FALLBACK_THROUGHPUT, FALLBACK_SOURCE)
+
+
+def _short_path(path: Path) -> str:
+    """`path` relative to the working directory when it lies below it, else as is."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _benchmark_name(settings) -> str:
+    return "maml_fo" if settings.algorithm == "maml" and settings.first_order else settings.algorithm
+
+
+def _rate(row: dict) -> float:
+    """GFLOP/s of a measured row."""
+    return row["gflop_per_meta_iter"] / row["sec_per_meta_iter"]
+
+
+def seconds_per_iteration(settings, throughput: Throughput | None = None) -> float:
+    """Projected seconds of one meta-iteration of `settings` on the measured machine (XLA off)."""
+    if settings.dataset == "sine":
+        return SINE_SECONDS_PER_ITERATION
+    rows = [r for r in (throughput or load_throughput()).rows if r["gflop_per_meta_iter"] > 0]
+    work = flops.meta_iteration_flops(settings).total / 1e9
+    name = _benchmark_name(settings)
+    for row in rows:
+        same = (row["algorithm"], row["dataset"], row["ways"]) == (name, settings.dataset, settings.ways)
+        if same and math.isclose(row["gflop_per_meta_iter"], work, rel_tol=0.01):
+            return row["sec_per_meta_iter"]  # this very workload was measured
+    for closeness in (lambda r: (r["algorithm"], r["dataset"], r["ways"]) == (name, settings.dataset, settings.ways),
+                      lambda r: (r["algorithm"], r["dataset"]) == (name, settings.dataset),
+                      lambda r: r["dataset"] == settings.dataset,
+                      lambda r: True):
+        close = [r for r in rows if closeness(r)]
+        if close:
+            return work / min(_rate(r) for r in close)
+    return work / _rate(FALLBACK_THROUGHPUT[0])
+
+
+def eval_gflops_per_s(throughput: Throughput | None = None) -> float:
+    """GFLOP/s of the benchmark's evaluation measurement (Reptile Omniglot 5-way, non-transductive)."""
+    from reptile_tf.settings import paper_settings
+
+    rows = (throughput or load_throughput()).rows
+    measured = [r["eval_tasks_per_s"] for r in rows
+                if (r["algorithm"], r["dataset"], r["ways"]) == ("reptile", "omniglot", 5) and r["eval_tasks_per_s"] > 0]
+    tasks_per_s = min(measured) if measured else FALLBACK_THROUGHPUT[0]["eval_tasks_per_s"]
+    reference = paper_settings("reptile", "omniglot", 5, 1)
+    return flops.eval_task_flops(reference, transductive=False).total / 1e9 * tasks_per_s
+
+
+def seconds_per_eval_task(settings, modes=("transductive", "non_transductive"),
+                          throughput: Throughput | None = None) -> float:
+    """Projected seconds to evaluate one task in every mode of `modes`."""
+    if settings.dataset == "sine":
+        return SINE_SECONDS_PER_EVAL_TASK * len(modes)
+    work = sum(flops.eval_task_flops(settings, transductive=(mode == "transductive")).total for mode in modes)
+    return work / 1e9 / eval_gflops_per_s(throughput)
+
+
+def training_flops(settings, iterations: int | None = None) -> float:
+    """FLOPs of `iterations` (default: all) meta-iterations."""
+    if settings.dataset == "sine":
+        return 0.0
+    count = settings.iterations if iterations is None else iterations
+    return flops.meta_iteration_flops(settings).total * count
+
+
+def evaluation_flops(settings, tasks: int, modes=("transductive", "non_transductive")) -> float:
+    if settings.dataset == "sine":
+        return 0.0
+    return tasks * sum(flops.eval_task_flops(settings, transductive=(mode == "transductive")).total for mode in modes)
+
+
+# Start-up of one train or evaluate job (process, TensorFlow import, data loading, tracing), not
+# in the per-iteration times. From the quick preset: 57 min measured from a fresh clone (README),
+# of which ~2 min install/fetch/prepare, against 35 min of steps projected here for its 36 train
+# and evaluate jobs and theory: ~33 s per job.
+JOB_STARTUP_S = 30.0
+
+# Hours of the other long jobs on the same machine class.
+# theory: smoke ~2 min (reptile_tf/theory/budgets.py); quick 147 s measured (results/theory/README.md:
+# combinations 92 s for 200 iterations); paper projected: the combinations part scaled to its 40,000
+# iterations (x200, its evaluations scale alike), the other parts minutes.
+THEORY_HOURS = {"smoke": 2 / 60, "quick": 147 / 3600, "paper": 5.0}
+# `reptile-tf bench --quick`: "a few minutes" (its --help); not timed, rounded up.
+BENCH_QUICK_HOURS = 0.25
+
+
+# GPU hours from FLOPs: this project has had no GPU (README "Machines"), so nothing is measured;
+# the same assumptions as the benchmark report's GPU projection (reptile_tf.bench): one A100 at
+# 5-20% of its float32 peak, the realistic range for these small networks.
+A100_FP32_TFLOPS = 19.5
+GPU_EFFICIENCY_RANGE = (0.05, 0.20)
+
+
+def gpu_hours_range(total_flops: float) -> tuple[float, float]:
+    """(optimistic, pessimistic) hours of one A100 for `total_flops` (a projection, not a measurement)."""
+    low, high = GPU_EFFICIENCY_RANGE
+    peak = A100_FP32_TFLOPS * 1e12
+    return total_flops / (peak * high) / 3600, total_flops / (peak * low) / 3600
+
+
+# ---------------------------------------------------------------------------- this machine
+
+
+def detect_gpus() -> list[str]:
+    """NVIDIA GPUs visible to this process, found without importing TensorFlow (names; may be empty).
+
+    Looks at the NVIDIA driver's /proc entries, then `nvidia-smi -L`; honours
+    CUDA_VISIBLE_DEVICES set to "" or "-1" (no GPU).
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return []
+    proc = Path("/proc/driver/nvidia/gpus")
+    try:
+        found = sorted(entry.name for entry in proc.iterdir())
+    except OSError:
+        found = []
+    if found:
+        return [f"NVIDIA GPU {name}" for name in found]
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        import subprocess
+
+        try:
+            listing = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=False).stdout
+        except (OSError, subprocess.SubprocessError):
+            return []
+        return [line.split(" (UUID")[0].strip() for line in listing.splitlines() if line.startswith("GPU ")]
+    return []
+
+
+def cpu_description() -> str:
+    """E.g. "2 cores (AMD EPYC 9B14)": the core count and the CPU model from /proc/cpuinfo when readable."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as stream:
+            for line in stream:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cores} cores" + (f" ({model})" if model else "")
+
+
+def format_hours(hours: float) -> str:
+    """A duration in hours for people: "25 min", "3.4 h", "310 h (13 days)"."""
+    if hours < 1:
+        return f"{max(1, round(hours * 60))} min"
+    if hours < 48:
+        return f"{hours:.1f} h"
+    return f"{hours:,.0f} h ({hours / 24:,.0f} days)"

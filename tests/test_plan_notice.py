@@ -1,0 +1,147 @@
+"""The workflow states a large plan before it starts (issue 13, item 3), and reptile_tf.cost, the
+projection it uses (seconds per meta-iteration from the measured throughput)."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reptile_tf import cost, flops
+from reptile_tf.settings import paper_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+NOTICE = "reptile-tf: preset"
+
+
+def copy_workflow(dest: Path) -> Path:
+    shutil.copy(ROOT / "Snakefile", dest / "Snakefile")
+    shutil.copytree(ROOT / "workflow", dest / "workflow")
+    return dest
+
+
+def dry_run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1")  # the same statement on any machine
+    result = subprocess.run([str(SNAKEMAKE), "--cores", "2", "-n", *args], cwd=workdir, capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return copy_workflow(tmp_path_factory.mktemp("wf"))
+
+
+def test_the_paper_preset_states_its_cost_before_it_starts(workdir):
+    result = dry_run(workdir)  # `snakemake --cores all` plans the default config, the paper preset
+    assert NOTICE not in result.stdout  # stdout stays clean (snakemake --dag | dot)
+    assert result.stderr.count(NOTICE) == 1
+    notice = result.stderr[result.stderr.index(NOTICE):]
+    assert "Building DAG" not in result.stderr or result.stderr.index(NOTICE) < result.stderr.index("Building DAG")
+    assert "preset 'paper' is a large plan" in notice
+    assert "train      54 of  54 job(s) to run" in notice and "evaluate   54 of  54 job(s) to run" in notice
+    assert "60,000-200,000 meta-iterations each" in notice
+    assert "days" in notice.splitlines()[0]  # hundreds of hours on a CPU
+    assert "CPU only, no NVIDIA GPU found" in notice and "of one A100" in notice
+    assert "throughput.csv" in notice
+    assert "`make reproduce`" in notice and "workflow/config/quick.yaml" in notice
+    assert "plan_notice=False" in notice
+
+
+@pytest.mark.parametrize("preset", ["smoke.yaml", "quick.yaml"])
+def test_small_presets_stay_silent(workdir, preset):
+    result = dry_run(workdir, "--configfile", f"workflow/config/{preset}")
+    assert NOTICE not in result.stdout + result.stderr
+
+
+def test_the_notice_can_be_silenced(workdir):
+    result = dry_run(workdir, "--config", "plan_notice=False")
+    assert NOTICE not in result.stdout + result.stderr
+
+
+def test_only_jobs_whose_outputs_are_missing_count(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    config = ["--configfile", "workflow/config/paper_cpu.yaml"]
+    notice = dry_run(workdir, *config).stderr
+    assert "preset 'paper_cpu' is a large plan" in notice and "train       6 of   6 job(s) to run" in notice
+    assert "PRESET=paper_cpu" not in notice  # not offered as the smaller preset of itself
+    runs = workdir / "results/paper_cpu/runs/paper_cpu"
+    for setting in ("omniglot_5w1s", "omniglot_5w5s"):
+        for algorithm in ("reptile", "fomaml", "maml"):
+            run = runs / setting / algorithm / "seed0"
+            run.mkdir(parents=True)
+            (run / "eval.json").write_text("{}")
+            if (setting, algorithm) != ("omniglot_5w1s", "reptile"):
+                (run / "DONE").write_text("1")
+    # one training job left, 1.3 h: below the threshold
+    assert NOTICE not in dry_run(workdir, *config).stderr
+    # ... and above a lower one; a checkpoint at 80% leaves a fifth of it
+    notice = dry_run(workdir, *config, "--config", "plan_notice=1").stderr
+    assert "train       1 of   6 job(s) to run: ~1.3 h" in notice and "evaluate    0 of   6 job(s) to run: done" in notice
+    checkpoints = runs / "omniglot_5w1s/reptile/seed0/checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "ckpt-80000.index").write_text("")
+    assert NOTICE not in dry_run(workdir, *config, "--config", "plan_notice=1").stderr
+
+
+# ------------------------------------------------------------------------------ reptile_tf.cost
+
+
+def test_measured_workloads_use_the_measured_time():
+    throughput = cost.load_throughput()
+    for row in throughput.rows:
+        algorithm = "maml" if row["algorithm"] == "maml_fo" else row["algorithm"]
+        settings = paper_settings(algorithm, row["dataset"], row["ways"], 1)
+        if row["algorithm"] == "maml_fo":
+            settings = settings.replace(first_order=True)
+        assert cost.seconds_per_iteration(settings, throughput) == row["sec_per_meta_iter"]
+
+
+def test_unmeasured_workloads_scale_by_flops_at_the_closest_measured_rate():
+    throughput = cost.Throughput(cost.FALLBACK_THROUGHPUT, "test")
+    one, five = (paper_settings("maml", "omniglot", 5, shots) for shots in (1, 5))
+    ratio = flops.meta_iteration_flops(five).total / flops.meta_iteration_flops(one).total
+    assert ratio > 3  # 25 support images instead of 5
+    assert math.isclose(cost.seconds_per_iteration(five, throughput),
+                        cost.seconds_per_iteration(one, throughput) * ratio, rel_tol=1e-4)  # CSV rounding
+    # FOMAML on Mini-ImageNet (not measured): Mini-ImageNet's measured rate, not Omniglot's
+    fomaml = paper_settings("fomaml", "mini_imagenet", 5, 1)
+    reptile_mini = next(r for r in cost.FALLBACK_THROUGHPUT if r["dataset"] == "mini_imagenet")
+    rate = reptile_mini["gflop_per_meta_iter"] / reptile_mini["sec_per_meta_iter"]
+    assert math.isclose(cost.seconds_per_iteration(fomaml, throughput),
+                        flops.meta_iteration_flops(fomaml).total / 1e9 / rate, rel_tol=1e-6)
+
+
+def test_evaluation_projection_matches_the_measured_evaluation():
+    """Reptile Omniglot 5-way, non-transductive: the benchmark's own measurement, by construction."""
+    throughput = cost.Throughput(cost.FALLBACK_THROUGHPUT, "test")
+    settings = paper_settings("reptile", "omniglot", 5, 1)
+    seconds = cost.seconds_per_eval_task(settings, ("non_transductive",), throughput)
+    assert math.isclose(seconds, 1 / cost.FALLBACK_THROUGHPUT[0]["eval_tasks_per_s"], rel_tol=1e-9)
+
+
+def test_missing_benchmark_file_falls_back_to_the_committed_measurement(tmp_path, monkeypatch):
+    monkeypatch.setattr(cost, "PROJECT_ROOT", tmp_path)
+    throughput = cost.load_throughput(tmp_path / "results")
+    assert throughput.rows == cost.FALLBACK_THROUGHPUT and "built into reptile_tf.cost" in throughput.source
+    bench = tmp_path / "results/benchmarks"
+    bench.mkdir(parents=True)
+    shutil.copy(ROOT / "results/benchmarks/throughput.csv", bench / "throughput.csv")
+    throughput = cost.load_throughput(tmp_path / "results")
+    assert [r["sec_per_meta_iter"] for r in throughput.rows] == [r["sec_per_meta_iter"] for r in cost.FALLBACK_THROUGHPUT]
+
+
+def test_gpus_hidden_by_cuda_visible_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert cost.detect_gpus() == []
+
+
+def test_format_hours():
+    assert [cost.format_hours(h) for h in (0.2, 3.44, 310)] == ["12 min", "3.4 h", "310 h (13 days)"]
