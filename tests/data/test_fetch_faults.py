@@ -503,7 +503,8 @@ def test_full_dest_gives_one_error_line_and_no_partial_file(tmp_path):
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, err
     assert "Traceback" not in err
-    lines = err.strip().splitlines()
+    # progress lines (bytes, rate) come first in a log; the failure is one line, the last
+    lines = [line for line in err.strip().splitlines() if not line.startswith("fetch ")]
     assert len(lines) == 1 and lines[0].startswith(f"reptile-tf fetch: error: no room to write into --dest {dest}: "
                                                    "File too large"), err
     assert not (dest / BACKGROUND).exists() and leftovers(dest) == []

@@ -151,10 +151,24 @@ def tfds_root(dataset):
 
 
 def prepared(wildcards):
-    """The TFDS dataset a job reads (built by the prepare rule). `ancient`: only its existence counts,
-    not its mtime, so preparing the data in a fresh clone does not retrain or re-evaluate the
-    committed run directories (train checks the data digest against config.json on resume)."""
-    return ancient(f"{tfds_root(wildcards.dataset)}/{wildcards.dataset}")
+    """The TFDS dataset a job reads (built by the prepare rule)."""
+    return f"{tfds_root(wildcards.dataset)}/{wildcards.dataset}"
+
+
+def prepared_for(output_name):
+    """Input function: the prepared data, marked `ancient` once the job's own output exists. A
+    finished run directory (committed ones under results/paper_cpu/runs) then stays finished when
+    the data was prepared after it, as in a fresh clone (`make reproduce` prepares the data in a
+    first invocation: within one, Snakemake reruns every job downstream of a job it runs). Only
+    then: Snakemake 9 plans no job downstream of an `ancient` input whose producer runs. Train
+    checks the data digest against config.json whenever it resumes."""
+
+    def data(wildcards):
+        path = prepared(wildcards)
+        run_dir = RUN_DIR.format(**dict(wildcards.items()))
+        return ancient(path) if os.path.exists(os.path.join(run_dir, output_name)) else path
+
+    return data
 
 
 def data_dir_of(wildcards):

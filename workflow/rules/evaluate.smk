@@ -5,7 +5,7 @@
 rule evaluate:
     input:
         done=f"{RUN_DIR}/DONE",
-        data=prepared,
+        data=prepared_for("eval.json"),
     output:
         f"{RUN_DIR}/eval.json",
     params:

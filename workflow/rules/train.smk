@@ -10,7 +10,7 @@
 
 rule train:
     input:
-        prepared,
+        prepared_for("DONE"),
     output:
         f"{RUN_DIR}/DONE",
     params:
