@@ -166,6 +166,7 @@ def score_chunks(model: Any, settings: Settings, state: dict, get_chunk: Callabl
     opt_state = adaptation_adam_state(settings, state)
     scorer = scorer or make_chunk_scorer(model, settings, mode)
     results = []
+    total, done = 0.0, 0  # running sum for the progress line's mean so far
     name = metric_name(settings)
     # A bar on a terminal; in logs a plain line every 5% (and 5 min) with the mean so far.
     with Progress(num_tasks, f"evaluate {settings.algorithm} {settings.dataset} {mode}", mode=resolve_mode(progress),
@@ -177,7 +178,8 @@ def score_chunks(model: Any, settings: Settings, state: dict, get_chunk: Callabl
                             chunk["query_x"], chunk["query_y"])
             results.append(np.asarray(values)[: stop - start])
             if bar.mode != "off":
-                so_far = float(np.mean(np.concatenate(results)))
+                total, done = total + float(np.sum(results[-1], dtype=np.float64)), done + stop - start
+                so_far = total / done
                 bar.set_postfix({f"{name} so far": f"{so_far:.2%}" if name == "accuracy" else f"{so_far:.4g}"})
             bar.update(stop - start)
     return np.concatenate(results).astype(np.float64)

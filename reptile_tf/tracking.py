@@ -508,8 +508,6 @@ def latest_checkpoint_files(run_dir: Path) -> list[Path]:
 
 # ------------------------------------------------------------------------------- datasets
 
-_TFDS_NAMES = {"omniglot": "omniglot", "mini_imagenet": "mini_imagenet"}
-_IMAGE_SHAPES = {"omniglot": (28, 28, 1), "mini_imagenet": (84, 84, 3)}
 
 
 def dataset_inputs(run: RunRecord) -> list[Any]:
@@ -519,7 +517,8 @@ def dataset_inputs(run: RunRecord) -> list[Any]:
     digits of the split array's sha256 (config.json `data`, eval.json `data_digest`), the full
     digest in its profile, the prepared TFDS directory as its source.
     """
-    if run.dataset not in _TFDS_NAMES:
+    data = run.config.get("data") or {}
+    if not data.get("train_shape"):
         return []  # sine: synthetic tasks, no data set
     import numpy as np
     from mlflow.data.meta_dataset import MetaDataset
@@ -544,11 +543,11 @@ def dataset_inputs(run: RunRecord) -> list[Any]:
             return config
 
     environment = run.config.get("environment") or {}
-    data = run.config.get("data") or {}
     data_dir = Path(environment.get("data_dir") or "data/tfds")
-    source = LocalArtifactDatasetSource(str(data_dir / _TFDS_NAMES[run.dataset]))
+    source = LocalArtifactDatasetSource(str(data_dir / run.dataset))
+    image_shape = tuple(data["train_shape"][2:])  # [class, image, H, W, C] as train recorded it
     schema = TensorDatasetSchema(features=Schema(
-        [TensorSpec(np.dtype(np.uint8), (-1, -1, *_IMAGE_SHAPES[run.dataset]), "images [class, image, H, W, C]")]))
+        [TensorSpec(np.dtype(np.uint8), (-1, -1, *image_shape), "images [class, image, H, W, C]")]))
     protocol = run.config.get("protocol")
     wanted: list[tuple[str, str, str, dict]] = []  # (split, digest, context, profile extras)
     train_digest = data.get("digest") or run.config.get("data_digest")
