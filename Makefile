@@ -6,6 +6,10 @@ PRESET ?= quick
 CORES ?= all
 # The offline mirror beside the project (as on CI) is used when present; otherwise canonical URLs.
 export REPTILE_TF_MIRROR ?= $(wildcard $(abspath ../shared/data))
+# The rules call `reptile-tf`: the venv goes first on PATH (the workflow does not search for it).
+# The local profile holds the run flags (resume interrupted jobs, print commands and failed logs).
+SNAKEMAKE := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake
+RUN_PIPELINE := $(SNAKEMAKE) --profile workflow/profiles/default --cores $(CORES)
 
 .PHONY: venv test reproduce smoke smoke-check smoke-reference lint clean
 
@@ -27,15 +31,15 @@ test: venv
 # results/paper_cpu/runs) reads its data as `ancient` (workflow/rules/common.smk), so preparing the
 # data in a fresh clone does not retrain and re-evaluate it. Within one invocation Snakemake would.
 reproduce: venv
-	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete --configfile workflow/config/$(PRESET).yaml --until prepare
-	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete --configfile workflow/config/$(PRESET).yaml
+	$(RUN_PIPELINE) --configfile workflow/config/$(PRESET).yaml --until prepare
+	$(RUN_PIPELINE) --configfile workflow/config/$(PRESET).yaml
 
 # The smoke preset writes under .cache/smoke; the committed reference results/smoke/ changes only
 # through `make smoke-reference` (on purpose, see results/smoke/README.md).
 SMOKE_OUT := .cache/smoke
 SMOKE_TABLE := table2_omniglot
 smoke: venv
-	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete --configfile workflow/config/smoke.yaml \
+	$(RUN_PIPELINE) --configfile workflow/config/smoke.yaml \
 	    --config runs_dir=$(SMOKE_OUT)/runs results_dir=$(SMOKE_OUT)/results logs_dir=$(SMOKE_OUT)/logs
 
 # Cross-machine check of a fresh smoke run against the reference: paired test per cell (CI).
@@ -62,7 +66,7 @@ ui: venv
 	    --host $(UI_HOST) --port $(UI_PORT) --workers $(UI_WORKERS) --uvicorn-opts "--timeout-worker-healthcheck 120"
 
 lint: venv
-	$(BIN)/snakemake --lint
+	$(SNAKEMAKE) --lint
 
 clean:
 	rm -rf $(VENV) .snakemake

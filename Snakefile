@@ -5,6 +5,9 @@
 #   snakemake --cores 2 --configfile workflow/config/smoke.yaml   # CI (a few minutes)
 #   snakemake --cores all                                          # `paper` preset (GPUs / cluster)
 #
+# With the project's virtualenv activated (`. .venv/bin/activate`): the rules call `reptile-tf`.
+# The make targets put .venv/bin on PATH themselves and add workflow/profiles/default (run flags);
+# per-rule threads and resources come from the preset (workflow/rules/common.smk `resource`).
 # The config is validated against workflow/schemas/config.schema.yaml before any job runs.
 import jsonschema
 

@@ -24,7 +24,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from reptile_tf import bench, flops, models  # noqa: E402
+from reptile_tf import flops, models  # noqa: E402
+from reptile_tf.bench.measure import median_seconds  # noqa: E402
+from reptile_tf.bench.plan import Case, case_settings, parse_cases  # noqa: E402
+from reptile_tf.bench.workloads import make_meta_runner  # noqa: E402
 
 
 def patched_get_model(variant: str):
@@ -36,13 +39,13 @@ def patched_get_model(variant: str):
     return get_model
 
 
-def time_case(case: bench.Case, variant: str, xla: bool, warmup: int, repeats: int) -> tuple[float, float]:
+def time_case(case: Case, variant: str, xla: bool, warmup: int, repeats: int) -> tuple[float, float]:
     """(median wall seconds, mean process-CPU seconds) per meta-iteration of `case` with `variant`."""
-    # bench imports get_model at call time.
+    # bench.workloads looks get_model up on the models module at call time.
     models.get_model = patched_get_model(variant)
     try:
-        run = bench.make_meta_runner(bench.case_settings(case), xla)
-        wall = bench.median_seconds(run, warmup + 1, repeats)
+        run = make_meta_runner(case_settings(case), xla)
+        wall = median_seconds(run, warmup + 1, repeats)
         start = time.process_time()  # CPU seconds of this process: less sensitive to other load
         for _ in range(repeats):
             run()
@@ -66,8 +69,8 @@ def parse_variants(text: str) -> tuple[str, ...]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=bench.parse_cases,
-                        default=bench.parse_cases("reptile:omniglot:5,maml:omniglot:5,reptile:mini_imagenet:5"))
+    parser.add_argument("--cases", type=parse_cases,
+                        default=parse_cases("reptile:omniglot:5,maml:omniglot:5,reptile:mini_imagenet:5"))
     parser.add_argument("--xla", action="store_true")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
@@ -76,7 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     print("case | xla | " + " | ".join(f"{v} wall s / CPU s" for v in args.variants) + " | best GFLOP/s (wall)")
     for case in args.cases:
-        work = flops.meta_iteration_flops(bench.case_settings(case)).total
+        work = flops.meta_iteration_flops(case_settings(case)).total
         times = [time_case(case, variant, args.xla, args.warmup, args.repeats) for variant in args.variants]
         print(f"{case.label} | {args.xla} | " + " | ".join(f"{wall:.4f} / {cpu:.4f}" for wall, cpu in times)
               + f" | {work / min(wall for wall, _ in times) / 1e9:.1f}", flush=True)

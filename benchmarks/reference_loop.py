@@ -26,10 +26,12 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from reptile_tf.datasets import DATASETS
+
 BN_EPSILON = 1e-3
 _SPECS = {  # arch: (input shape, filters, stride, max-pool)
-    "omniglot": ((28, 28, 1), 64, 2, False),
-    "mini_imagenet": ((84, 84, 3), 32, 1, True),
+    "omniglot": (DATASETS["omniglot"].input_shape, 64, 2, False),
+    "mini_imagenet": (DATASETS["mini_imagenet"].input_shape, 32, 1, True),
 }
 
 
@@ -116,7 +118,7 @@ class ReferenceTrainer:
         s = self.settings
         steps, batches = s.inner_steps, []
         tail = None
-        if s.algorithm == "fomaml" and s.tail_shots > 0:
+        if s.uses_tail_batch:
             # Official --foml-tail: the last `tail_shots` per class form the final minibatch.
             per_class = task_x.shape[0] // s.ways
             tail_mask = (np.arange(task_x.shape[0]) % per_class) >= per_class - s.tail_shots

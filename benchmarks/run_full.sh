@@ -2,6 +2,7 @@
 # Full benchmark run on a quiet machine: refuses to start while the machine is busy
 # (timings under load are not comparable), then runs `reptile-tf bench` into results/benchmarks/.
 # Usage: benchmarks/run_full.sh [extra reptile-tf bench flags]   (FORCE=1 skips the load check)
+# e.g. benchmarks/run_full.sh --quick
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -12,4 +13,6 @@ if [ "${FORCE:-0}" != 1 ] && awk -v l="$load" -v c="$cores" 'BEGIN { exit !(l > 
   echo "load average $load on $cores cores: the machine is busy; wait, or FORCE=1 to measure under load" >&2
   exit 1
 fi
-exec "$BIN/reptile-tf" bench --out results/benchmarks "$@"
+# The peers (learn2learn on PyTorch) run in their own environment, made once (several GB).
+bash benchmarks/peers/setup.sh
+exec "$BIN/reptile-tf" bench --out results/benchmarks --peer-python .cache/peers/venv/bin/python "$@"

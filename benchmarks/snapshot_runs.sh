@@ -7,9 +7,13 @@
 set -euo pipefail
 root=${1:?usage: snapshot_runs.sh RUNS_DIR [MESSAGE]}
 message=${2:-"$root: training progress"}
+# The newest checkpoint the state file of RUN_DIR/checkpoints lists (reptile_tf.rundir reads the
+# run-directory format; no TensorFlow); empty when none.
+python=${PYTHON:-$(dirname "$0")/../.venv/bin/python}
+latest_checkpoint() { "$python" -m reptile_tf.rundir latest-checkpoint "$1" || true; }
 for index in $(find "$root" -path '*/checkpoints/checkpoint'); do
     dir=$(dirname "$index")
-    latest=$(sed -n 's/^model_checkpoint_path: "\(.*\)"$/\1/p' "$index")
+    latest=$(latest_checkpoint "$(dirname "$dir")")
     if [ ! -f "$dir/$latest.index" ] || [ ! -f "$dir/$latest.data-00000-of-00001" ]; then
         echo "checkpoint $dir/$latest is being written; try again in a few seconds" >&2
         exit 1
@@ -20,6 +24,6 @@ for index in $(find "$root" -path '*/checkpoints/checkpoint'); do
     done
 done
 git add -- $(find "$root" -type f ! -path '*/checkpoints/ckpt-*') $(find "$root" -type f -path '*/checkpoints/ckpt-*' | while read -r f; do
-    dir=$(dirname "$f"); latest=$(sed -n 's/^model_checkpoint_path: "\(.*\)"$/\1/p' "$dir/checkpoint")
+    dir=$(dirname "$f"); latest=$(latest_checkpoint "$(dirname "$dir")")
     case "$(basename "$f")" in "$latest".*) echo "$f" ;; esac; done)
 git commit -q -m "$message" -- "$root" && git log --oneline -1

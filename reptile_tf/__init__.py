@@ -18,3 +18,12 @@ ONEDNN_SET_BY_USER = ONEDNN_VARIABLE in _os.environ
 ONEDNN_SET_TOO_LATE = "tensorflow" in _sys.modules
 if not ONEDNN_SET_BY_USER and _platform.machine().lower() in ("x86_64", "amd64"):
     _os.environ[ONEDNN_VARIABLE] = "1"
+
+# One inter-op thread where the user did not choose: MAML is bit-reproducible on CPU only with it
+# (`runtime.deterministic_runtime`, which sets it too, but only in a process where TensorFlow has
+# not run an op yet; a test session or a notebook usually has). TensorFlow reads the variable when
+# its runtime starts, at the first op, so this covers every process that imports reptile_tf before
+# that: the CLI, the pipeline's jobs, the tests. (The Snakefile imports the package while planning
+# and puts its environment back afterwards: the jobs start from the user's.)
+INTEROP_VARIABLE = "TF_NUM_INTEROP_THREADS"
+_os.environ.setdefault(INTEROP_VARIABLE, "1")

@@ -23,7 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "track": ("reptile_tf.tracking", "mirror run directories into MLflow"),
     "tables": ("reptile_tf.tables", "aggregate runs into paper-style tables; `tables diff` compares two"),
     "theory": ("reptile_tf.theory.cli", "numerical checks of the Reptile paper's theory (section 5, 6.2)"),
-    "bench": ("reptile_tf.bench", "throughput benchmarks against the measured matmul peak"),
+    "bench": ("reptile_tf.bench.cli", "throughput benchmarks against the measured matmul peak"),
 }
 
 DESCRIPTION = """\

@@ -14,8 +14,8 @@ FLOP count of `reptile_tf.flops` for the workloads the benchmark did not measure
 
 When no benchmark file is found, FALLBACK_THROUGHPUT (the committed measurement) is used.
 Projections are for the measured machine class (a 2-core CPU) at its idle speed: a machine shared
-with other jobs takes longer (the committed paper_cpu Reptile run logged about 0.1 s per iteration
-on a loaded machine, against the 0.048 s measured idle).
+with other jobs takes longer (the committed paper_cpu runs' rates on a loaded machine:
+results/paper_cpu/README.md, against the idle ones in results/benchmarks/throughput.csv).
 
 Imports neither TensorFlow nor numpy: the Snakefile uses it at parse time (workflow/rules/common.smk).
 """
@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reptile_tf import flops
+from reptile_tf.rundir import EVAL_MODES
+from reptile_tf.settings import Settings, paper_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 THROUGHPUT_FILE = Path("benchmarks") / "throughput.csv"  # under a results directory
@@ -115,7 +117,7 @@ def _short_path(path: Path) -> str:
         return str(path)
 
 
-def _benchmark_name(settings) -> str:
+def _benchmark_name(settings: Settings) -> str:
     return "maml_fo" if settings.algorithm == "maml" and settings.first_order else settings.algorithm
 
 
@@ -124,9 +126,9 @@ def _rate(row: dict) -> float:
     return row["gflop_per_meta_iter"] / row["sec_per_meta_iter"]
 
 
-def seconds_per_iteration(settings, throughput: Throughput | None = None) -> float:
+def seconds_per_iteration(settings: Settings, throughput: Throughput | None = None) -> float:
     """Projected seconds of one meta-iteration of `settings` on the measured machine (XLA off)."""
-    if settings.dataset == "sine":
+    if settings.synthetic:
         return SINE_SECONDS_PER_ITERATION
     rows = [r for r in (throughput or load_throughput()).rows if r["gflop_per_meta_iter"] > 0]
     work = flops.meta_iteration_flops(settings).total / 1e9
@@ -147,8 +149,6 @@ def seconds_per_iteration(settings, throughput: Throughput | None = None) -> flo
 
 def eval_gflops_per_s(throughput: Throughput | None = None) -> float:
     """GFLOP/s of the benchmark's evaluation measurement (Reptile Omniglot 5-way, non-transductive)."""
-    from reptile_tf.settings import paper_settings
-
     rows = (throughput or load_throughput()).rows
     measured = [r["eval_tasks_per_s"] for r in rows
                 if (r["algorithm"], r["dataset"], r["ways"]) == ("reptile", "omniglot", 5) and r["eval_tasks_per_s"] > 0]
@@ -157,33 +157,33 @@ def eval_gflops_per_s(throughput: Throughput | None = None) -> float:
     return flops.eval_task_flops(reference, transductive=False).total / 1e9 * tasks_per_s
 
 
-def seconds_per_eval_task(settings, modes=("transductive", "non_transductive"),
+def seconds_per_eval_task(settings: Settings, modes: tuple[str, ...] = EVAL_MODES,
                           throughput: Throughput | None = None) -> float:
     """Projected seconds to evaluate one task in every mode of `modes`."""
-    if settings.dataset == "sine":
+    if settings.synthetic:
         return SINE_SECONDS_PER_EVAL_TASK * len(modes)
     work = sum(flops.eval_task_flops(settings, transductive=(mode == "transductive")).total for mode in modes)
     return work / 1e9 / eval_gflops_per_s(throughput)
 
 
-def training_flops(settings, iterations: int | None = None) -> float:
+def training_flops(settings: Settings, iterations: int | None = None) -> float:
     """FLOPs of `iterations` (default: all) meta-iterations."""
-    if settings.dataset == "sine":
+    if settings.synthetic:
         return 0.0
     count = settings.iterations if iterations is None else iterations
     return flops.meta_iteration_flops(settings).total * count
 
 
-def evaluation_flops(settings, tasks: int, modes=("transductive", "non_transductive")) -> float:
-    if settings.dataset == "sine":
+def evaluation_flops(settings: Settings, tasks: int, modes: tuple[str, ...] = EVAL_MODES) -> float:
+    if settings.synthetic:
         return 0.0
     return tasks * sum(flops.eval_task_flops(settings, transductive=(mode == "transductive")).total for mode in modes)
 
 
 # Start-up of one train or evaluate job (process, TensorFlow import, data loading, tracing), not
-# in the per-iteration times. From the quick preset: 57 min measured from a fresh clone (README),
-# of which ~2 min install/fetch/prepare, against 35 min of steps projected here for its 36 train
-# and evaluate jobs and theory: ~33 s per job.
+# in the per-iteration times. From the quick preset: 57 min measured from a fresh clone
+# (results/quick/README.md), of which ~2 min install/fetch/prepare, against 35 min of steps
+# projected here for its 36 train and evaluate jobs and theory: ~33 s per job.
 JOB_STARTUP_S = 30.0
 
 # Hours of the other long jobs on the same machine class.

@@ -45,12 +45,9 @@ OVERRIDE_HELP: dict[str, str] = {
 
 def flag_metavar(name: str) -> str:
     """`{a,b}` for a flag with a fixed set of values, else the field name in capitals. The values are
-    checked by `train.settings_problems` (shared with the workflow's config check), so these flags
+    checked by `Settings.problems` (shared with the workflow's config check), so these flags
     take no argparse `choices`."""
-    from reptile_tf.train import OPTIMIZERS
-
-    allowed = {"inner_optimizer": OPTIMIZERS, "outer_optimizer": OPTIMIZERS,
-               **{field: values for field, (_, values) in settings_table.FIDELITY_OPTIONS.items()}}
+    allowed = settings_table.CHOICES
     return "{" + ",".join(allowed[name]) + "}" if name in allowed else name.upper()
 
 

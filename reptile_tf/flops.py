@@ -23,9 +23,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from reptile_tf import datasets
 from reptile_tf.errors import UserError
 
-ARCHS = ("omniglot", "mini_imagenet")
+# The conv nets (docs/reference.md "Networks"): arch -> (filters, stride, max-pool); their input
+# shapes come from the dataset registry.
+_CONV_NETS = {"omniglot": (64, 2, False), "mini_imagenet": (32, 1, True)}
+ARCHS = tuple(_CONV_NETS)
 
 
 @dataclass(frozen=True)
@@ -69,12 +73,9 @@ def network_layers(arch: str, num_outputs: int) -> list[Layer]:
     mini_imagenet: 84x84x3, 4 x [conv3x3 32, stride 1, same, BN, max-pool 2x2 stride 2 (same
     padding, as in the official code: 84 -> 42 -> 21 -> 11 -> 6), ReLU], dense.
     """
-    if arch == "omniglot":
-        height, channels, filters, stride, pool = 28, 1, 64, 2, False
-    elif arch == "mini_imagenet":
-        height, channels, filters, stride, pool = 84, 3, 32, 1, True
-    else:
+    if arch not in ARCHS:
         raise UserError(f"no FLOP count for arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    (height, _, channels), (filters, stride, pool) = datasets.DATASETS[arch].input_shape, _CONV_NETS[arch]
     if num_outputs < 1:
         raise UserError(f"num_outputs must be positive (got {num_outputs}); pass the number of ways")
     layers = []
@@ -125,7 +126,7 @@ def images_per_task(settings) -> dict[str, float]:
     if algorithm == "reptile":
         return {"train": settings.inner_steps * settings.inner_batch, "second_order": 0, "forward": 0}
     if algorithm == "fomaml":
-        if settings.tail_shots > 0:
+        if settings.uses_tail_batch:
             # Official code (--foml-tail): inner_steps - 1 minibatches, then one tail batch.
             train = (settings.inner_steps - 1) * settings.inner_batch + settings.ways * settings.tail_shots
         else:
@@ -145,7 +146,7 @@ def meta_iteration_flops(settings) -> Flops:
 
     Counts the network passes only; optimizer updates (O(parameters), < 1%) are ignored.
     """
-    arch = "omniglot" if settings.dataset == "omniglot" else settings.dataset
+    arch = settings.dataset
     train = train_pass_flops(arch, settings.ways)
     counts = images_per_task(settings)
     per_task = (train.scale(counts["train"]) + train.scale(3 * counts["second_order"])

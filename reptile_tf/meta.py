@@ -26,7 +26,8 @@ asked for, MAML starts every task from fresh moments. Second-order MAML through 
 fragile: d sqrt(v)/dv is infinite where a gradient entry is exactly zero (dead ReLU units),
 which can give NaN meta-gradients; use SGD (the paper's choice) or `first_order=True`.
 
-Registries instead of string branches (unknown names raise a UserError listing the choices):
+Registries instead of string branches (their names are checked by `Settings.validate`, or, for a
+pure function called without Settings, by `settings.check_value`: one home for what is valid):
 - `INNER_OPTIMIZERS` / `OUTER_OPTIMIZERS`: optimizer name -> builder of an `Optimizer(init, update)`
   pair of pure functions, in the manner of optax's GradientTransformation (`sgd`, `adam`);
 - `ALGORITHMS`: algorithm name -> `Algorithm` (its outer update plus what it needs from the
@@ -52,9 +53,8 @@ import tensorflow as tf
 
 from reptile_tf.errors import UserError
 from reptile_tf.models import RNG_ALGORITHM, Model, Params, broadcast_params, mean_over_tasks
+from reptile_tf.settings import FIDELITY_OPTIONS, check_value
 
-LOSS_REDUCTIONS = ("mean", "sum")
-INNER_ADAM_MODES = ("parallel_mean", "sequential")
 # Outer Adam of MAML: TF1 `tf.train.AdamOptimizer` defaults, as in the MAML code.
 OUTER_ADAM_BETA1 = 0.9
 OUTER_ADAM_BETA2 = 0.999
@@ -62,13 +62,6 @@ OUTER_ADAM_EPSILON = 1e-8
 
 AdamState = dict  # {"m": Params, "v": Params, "t": scalar float tensor}
 OptState = dict  # an optimizer's state: {} (SGD) or an AdamState
-
-
-def lookup(registry: dict, name: str, what: str):
-    """`registry[name]`, or a UserError naming `what` and the choices."""
-    if isinstance(name, str) and name in registry:
-        return registry[name]
-    raise UserError(f"unknown {what} {name!r}; choose one of {', '.join(registry)}")
 
 
 @dataclass(frozen=True)
@@ -94,11 +87,12 @@ class InnerConfig:
     loss_reduction: str = "mean"  # "mean" or "sum" (official Reptile code) over a minibatch
 
     def __post_init__(self) -> None:
-        lookup(INNER_OPTIMIZERS, self.optimizer, "inner optimizer")
-        if not isinstance(self.lr, (tf.Tensor, tf.Variable)) and not self.lr > 0:
-            raise UserError(f"inner learning rate must be positive (got {self.lr})")
-        if self.loss_reduction not in LOSS_REDUCTIONS:
-            raise UserError(f"unknown loss_reduction {self.loss_reduction!r}; choose one of {', '.join(LOSS_REDUCTIONS)}")
+        # Built without a Settings too (theory, tests): the fields it shares with Settings are checked
+        # as Settings checks them (a tensor step size is the caller's).
+        check_value("inner_optimizer", self.optimizer)
+        if not isinstance(self.lr, (tf.Tensor, tf.Variable)):
+            check_value("inner_lr", float(self.lr))
+        check_value("loss_reduction", self.loss_reduction)
 
     def make_optimizer(self) -> "Optimizer":
         """The inner optimizer (INNER_OPTIMIZERS[optimizer]) with this config's hyperparameters."""
@@ -114,7 +108,7 @@ class InnerConfig:
         return cls(optimizer=settings.inner_optimizer, lr=lr, beta1=float(settings.adam_beta1),
                    beta2=float(settings.adam_beta2), epsilon=float(settings.adam_epsilon),
                    first_order=bool(settings.first_order) or evaluation, unroll=not evaluation,
-                   loss_reduction=getattr(settings, "loss_reduction", "mean"))
+                   loss_reduction=settings.loss_reduction)
 
 
 class InnerResult(NamedTuple):
@@ -463,7 +457,8 @@ def maml_update(params: Params, meta_grad: Params, adam_state: AdamState | None,
     adam_state: the outer optimizer's state (None = a fresh one). Returns (new params, new state,
     or None for an optimizer that keeps no state).
     """
-    outer = lookup(OUTER_OPTIMIZERS, optimizer, "outer optimizer for MAML")(lr)
+    check_value("outer_optimizer", optimizer)  # a pure function, called without Settings too
+    outer = OUTER_OPTIMIZERS[optimizer](lr)
     new_params, state = outer.update(params, meta_grad, outer.init(params) if adam_state is None else adam_state)
     return new_params, (state or None)
 
@@ -500,33 +495,21 @@ def inner_adam_from_state(state: dict[str, tf.Tensor]) -> AdamState | None:
     return _unflatten_adam("inner_adam", state)
 
 
+# The Settings fields that choose meta's code paths, checked here because the theory and the tests
+# call meta with Settings no CLI has validated. Not inner_lr: the theory passes a tensor there.
+_META_FIELDS = ("algorithm", "inner_optimizer", "outer_optimizer", "inner_steps", *FIDELITY_OPTIONS)
+
+
 def _check_settings(settings) -> "Algorithm":
-    """The registry entry of `settings.algorithm`, after checking the names and counts meta needs."""
-    algorithm = lookup(ALGORITHMS, settings.algorithm, "algorithm")
-    lookup(INNER_OPTIMIZERS, settings.inner_optimizer, "inner optimizer")
-    if algorithm.uses_outer_optimizer:
-        lookup(OUTER_OPTIMIZERS, settings.outer_optimizer, f"outer optimizer for {settings.algorithm}")
-    elif settings.outer_optimizer != "sgd":
-        raise UserError(f"{settings.algorithm} interpolates with an annealed step size; set outer_optimizer "
-                        f"to 'sgd' (got {settings.outer_optimizer!r})")
-    if settings.inner_steps < 1:
-        raise UserError(f"inner_steps must be >= 1 (got {settings.inner_steps})")
-    if hasattr(settings, "inner_adam_mode"):
-        from reptile_tf.settings import check_fidelity_options
-
-        check_fidelity_options(settings)
-    return algorithm
-
-
-def _uses_tail(settings) -> bool:
-    """FOMAML with `tail_shots > 0`: the last inner step is on the episode's query images."""
-    return lookup(ALGORITHMS, settings.algorithm, "algorithm").tail and settings.tail_shots > 0
+    """The registry entry of `settings.algorithm`, after `Settings.validate` of the fields meta reads."""
+    settings.validate(_META_FIELDS)
+    return ALGORITHMS[settings.algorithm]
 
 
 def _check_queries(settings, algorithm: "Algorithm", batch: dict) -> None:
     if algorithm.query_set:
         role, knob = "query set", "queries"
-    elif _uses_tail(settings):
+    elif settings.uses_tail_batch:
         role, knob = "tail minibatch", "tail_shots"
     else:
         return
@@ -618,10 +601,9 @@ def _interpolation(outer_update: Callable[[Params, InnerResult, Any], Params]) -
     as `settings.inner_adam_mode` says), then phi <- outer_update(phi, inner result, eps)."""
 
     def step(model, settings, state, params, xs, ys, batch, cfg, outer_lr) -> OuterStep:
-        tail = _uses_tail(settings)
+        tail = settings.uses_tail_batch
         shared = inner_adam_from_state(state)
-        mode = getattr(settings, "inner_adam_mode", "parallel_mean") if shared is not None else "parallel_mean"
-        run = lookup(INNER_STATE_MODES, mode, "inner_adam_mode")
+        run = INNER_STATE_MODES[settings.inner_adam_mode if shared is not None else "parallel_mean"]
         result, carried = run(model, params, xs, ys, batch["query_x"] if tail else None,
                               batch["query_y"] if tail else None, cfg, shared)
         new_params = outer_update(params, result, outer_lr)
@@ -648,16 +630,15 @@ class Algorithm(NamedTuple):
 
     outer_update(model, settings, state, params, xs, ys, batch, cfg, outer_lr) -> OuterStep: the
         inner loops on the drawn minibatches and the outer update of phi.
-    tail: with `tail_shots > 0` the last inner step is on the episode's query images (FOMAML).
     query_set: needs the episode's query set (MAML's query loss).
     keeps_inner_state: the inner optimizer's state persists across meta-iterations (official code);
         MAML starts every task from a fresh one.
     uses_outer_optimizer: phi is updated by OUTER_OPTIMIZERS[settings.outer_optimizer] (MAML);
         otherwise it interpolates with the annealed step size eps (outer_optimizer "sgd").
+    Whether the last inner step is on a tail minibatch (FOMAML) is `Settings.uses_tail_batch`.
     """
 
     outer_update: Callable[..., OuterStep]
-    tail: bool = False
     query_set: bool = False
     keeps_inner_state: bool = False
     uses_outer_optimizer: bool = False
@@ -665,7 +646,7 @@ class Algorithm(NamedTuple):
 
 ALGORITHMS: dict[str, Algorithm] = {
     "reptile": Algorithm(_interpolation(reptile_outer), keeps_inner_state=True),
-    "fomaml": Algorithm(_interpolation(fomaml_outer), tail=True, keeps_inner_state=True),
+    "fomaml": Algorithm(_interpolation(fomaml_outer), keeps_inner_state=True),
     "maml": Algorithm(_maml, query_set=True, uses_outer_optimizer=True),
 }
 
@@ -709,7 +690,7 @@ def meta_step(model: Model, settings, state: dict[str, tf.Tensor], batch: dict[s
     """
     algorithm = _check_settings(settings)
     _check_queries(settings, algorithm, batch)
-    steps = settings.inner_steps - (1 if _uses_tail(settings) else 0)  # the tail takes the last step
+    steps = settings.inner_steps - (1 if settings.uses_tail_batch else 0)  # the tail takes the last step
     xs, ys = make_inner_batches(batch["support_x"], batch["support_y"], settings.inner_batch, steps,
                                 schedule_seed(state))
     return meta_step_on_minibatches(model, settings, state, xs, ys, batch, outer_lr)

@@ -20,10 +20,10 @@ Output: int64 query labels `[T, Q]` (sine: float32 predictions `[T, Q, 1]`).
 Params: `mode` = `transductive` (default; the queries of a task form one batch, batch norm uses
 their statistics) or `non_transductive` (each query in a batch of the whole support set plus that
 query); `first_task` (default 0) = the index of the first episode in `reptile-tf evaluate`'s fixed
-episode list: task i adapts with the minibatch seed `evaluate.task_seeds` gives task i there, so
+episode list: task i adapts with the minibatch seed `scoring.task_seeds` gives task i there, so
 episode i of the evaluation scores exactly as `reptile-tf evaluate` scores it.
 
-The prediction runs `reptile-tf evaluate`'s code path (`evaluate.adapted_query_outputs`: the
+The prediction runs `reptile-tf evaluate`'s code path (`scoring.adapted_query_outputs`: the
 evaluation inner loop `meta.adapt` from the final checkpoint's meta-parameters and, for an Adam
 inner loop, its inner Adam moments per `eval_adam_state`; then `meta.predict`), compiled in one
 `tf.function` per mode and batch shape. The model's artifacts are the run's config.json and its
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import json
 import shutil
 import tempfile
 import warnings
@@ -46,8 +45,17 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import numpy as np
+import tensorflow as tf
 
-MODES = ("transductive", "non_transductive")
+import reptile_tf
+from reptile_tf import datasets, meta, runtime
+from reptile_tf.rundir import (CHECKPOINT_DIR, CHECKPOINT_STATE_FILE, CONFIG_FILE, EVAL_MODES, flatten_config,
+                               latest_checkpoint_files, read_config)
+from reptile_tf.run_state import build_model, load_run_state
+from reptile_tf.scoring import adaptation_adam_state, adapted_query_outputs, task_seeds
+from reptile_tf.settings import settings_from_config
+
 MODEL_NAME = "model"
 RUN_ARTIFACT = "run"  # the artifact directory: config.json + checkpoints/ (newest checkpoint only)
 CHECKPOINT_DIGEST_TAG = "reptile_tf.checkpoint_digest"
@@ -71,42 +79,33 @@ try:
         """pyfunc wrapper of a run directory's final checkpoint (see the module docstring)."""
 
         def load_context(self, context: Any) -> None:
-            from reptile_tf import evaluate, meta, runtime, train
-
             run_dir = Path(context.artifacts[RUN_ARTIFACT])
-            self._config = json.loads((run_dir / train.CONFIG_FILE).read_text())
-            self._settings = train.settings_from_config(self._config)
+            self._config = read_config(run_dir)
+            self._settings = settings_from_config(self._config)
             runtime.deterministic_runtime(xla=False)  # as `reptile-tf evaluate`
-            self._model = train.build_model(self._settings)
-            state, self.iteration = train.load_run_state(run_dir, self._config)
+            self._model = build_model(self._settings)
+            state, self.iteration = load_run_state(run_dir, self._config)
             self._params = meta.params_from_state(state)
-            self._opt_state = evaluate.adaptation_adam_state(self._settings, state)
+            self._opt_state = adaptation_adam_state(self._settings, state)
             self._functions: dict[str, Any] = {}
 
         def _function(self, mode: str) -> Any:
-            import tensorflow as tf
-            from reptile_tf import evaluate
-
             if mode not in self._functions:
                 model, settings = self._model, self._settings
 
                 @tf.function
                 def outputs(params, opt_state, seed, support_x, support_y, query_x):
-                    return evaluate.adapted_query_outputs(model, settings, params, opt_state, seed, support_x,
-                                                          support_y, query_x, mode)
+                    return adapted_query_outputs(model, settings, params, opt_state, seed, support_x, support_y,
+                                                 query_x, mode)
 
                 self._functions[mode] = outputs
             return self._functions[mode]
 
         def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema
-            import numpy as np
-            import tensorflow as tf
-            from reptile_tf import evaluate, runtime
-
             params = dict(params or {})
             mode = str(params.get("mode") or "transductive")
-            if mode not in MODES:
-                raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+            if mode not in EVAL_MODES:
+                raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(EVAL_MODES)}")
             first_task = int(params.get("first_task") or 0)
             episodes = _episodes(model_input)
             classifier = self._model.is_classifier
@@ -119,7 +118,7 @@ try:
                 raise ValueError("support_x, support_y and query_x need the same leading task dimension T "
                                  "(one episode: add an axis, e.g. support_x[None])")
             with runtime.precision_policy(bool(self._config.get("mixed_precision"))):
-                outputs = self._function(mode)(self._params, self._opt_state, evaluate.task_seeds(first_task, tasks),
+                outputs = self._function(mode)(self._params, self._opt_state, task_seeds(first_task, tasks),
                                                support_x, support_y, query_x)
             if classifier:
                 return np.argmax(outputs.numpy(), axis=-1).astype(np.int64)
@@ -143,9 +142,7 @@ def _episodes(model_input: Any) -> dict[str, Any]:
 
 def checkpoint_files(run_dir: Path) -> list[Path]:
     """The newest checkpoint's data and index files (no `checkpoint` state file), [] if none."""
-    from reptile_tf.tracking import latest_checkpoint_files
-
-    return [p for p in latest_checkpoint_files(Path(run_dir)) if p.name != "checkpoint"]
+    return [p for p in latest_checkpoint_files(run_dir) if p.name != CHECKPOINT_STATE_FILE]
 
 
 def checkpoint_digest(run_dir: Path) -> str:
@@ -160,31 +157,30 @@ def checkpoint_digest(run_dir: Path) -> str:
 
 
 def model_bytes(run_dir: Path) -> int:
-    return sum(p.stat().st_size for p in checkpoint_files(run_dir)) + (Path(run_dir) / "config.json").stat().st_size
+    return sum(p.stat().st_size for p in checkpoint_files(run_dir)) + (Path(run_dir) / CONFIG_FILE).stat().st_size
 
 
 def stage_run(run_dir: Path, dest: Path) -> Path:
     """Copy config.json and the newest checkpoint into `dest` (a run directory holding only that)."""
     files = checkpoint_files(run_dir)
-    (dest / "checkpoints").mkdir(parents=True)
-    shutil.copy2(Path(run_dir) / "config.json", dest / "config.json")
+    (dest / CHECKPOINT_DIR).mkdir(parents=True)
+    shutil.copy2(Path(run_dir) / CONFIG_FILE, dest / CONFIG_FILE)
     for path in files:
-        shutil.copy2(path, dest / "checkpoints" / path.name)
+        shutil.copy2(path, dest / CHECKPOINT_DIR / path.name)
     prefix = files[0].name.split(".", 1)[0]
-    (dest / "checkpoints" / "checkpoint").write_text(
+    (dest / CHECKPOINT_DIR / CHECKPOINT_STATE_FILE).write_text(
         f'model_checkpoint_path: "{prefix}"\nall_model_checkpoint_paths: "{prefix}"\n')
     return dest
 
 
 def signature(config: dict) -> Any:
     """Tensor signature (leading task dimension T, any support/query count) and the two params."""
-    import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
-    dataset = config.get("dataset")
-    image = {"omniglot": (28, 28, 1), "mini_imagenet": (84, 84, 3)}.get(dataset, (1,))
-    if dataset == "sine":
+    dataset = datasets.get(config.get("dataset"))
+    image = dataset.input_shape
+    if not dataset.is_classifier:
         label, out = TensorSpec(np.dtype(np.float32), (-1, -1, 1), "support_y"), \
             TensorSpec(np.dtype(np.float32), (-1, -1, 1), "query_predictions")
     else:
@@ -230,14 +226,12 @@ def log_model(client: Any, tracking_uri: str, experiment_id: str, run_id: str, r
     from mlflow.models import Model
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    import reptile_tf
-
     run_dir = Path(run_dir)
     digest = checkpoint_digest(run_dir)
     existing = find_logged_model(client, experiment_id, run_id, digest)
     if existing is not None:
         return {"model_id": existing.model_id, "model_uri": f"models:/{existing.model_id}", "logged": False}
-    config = json.loads((run_dir / "config.json").read_text())
+    config = read_config(run_dir)
     iteration = int(config.get("iterations") or 0)
     logged = client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run_id,
                                         tags={CHECKPOINT_DIGEST_TAG: digest}, model_type=MODEL_TYPE)
@@ -255,7 +249,7 @@ def log_model(client: Any, tracking_uri: str, experiment_id: str, run_id: str, r
                       python_model=str(Path(__file__).with_name("mlflow_model_code.py")),  # models from code
                       artifacts={RUN_ARTIFACT: str(staged)},
                       code_paths=[str(Path(reptile_tf.__file__).parent)], pip_requirements=requirements(),
-                      signature=signature(config), step=iteration,
+                      signature=signature(flatten_config(config)), step=iteration,
                       metadata={"reptile_tf": {"checkpoint_digest": digest, "iterations": iteration,
                                                "docs": "reptile_tf/mlflow_model.py"}})
     except BaseException:

@@ -42,10 +42,10 @@ from typing import Callable
 
 import tensorflow as tf
 
-from reptile_tf import runtime
+from reptile_tf import datasets, runtime
 from reptile_tf.errors import UserError
 
-ARCHS = ("omniglot", "mini_imagenet", "sine")
+ARCHS = datasets.NAMES  # one network per dataset, named after it
 BATCH_NORM_EPSILON = 1e-3
 # "Accuracy" of a regression model: fraction of predictions within this absolute error.
 # Keeps `accuracy` meaningful (in [0, 1]) for the sine task; amplitudes are in [0.1, 5].
@@ -250,8 +250,8 @@ def _cast_params(params: Params, dtype: tf.DType) -> Params:
 
 _CONV_SPECS = {
     # arch: (input shape, filters, stride, max-pool)
-    "omniglot": ((28, 28, 1), 64, 2, False),
-    "mini_imagenet": ((84, 84, 3), 32, 1, True),
+    "omniglot": (datasets.DATASETS["omniglot"].input_shape, 64, 2, False),
+    "mini_imagenet": (datasets.DATASETS["mini_imagenet"].input_shape, 32, 1, True),
 }
 _CONV_BLOCKS = 4
 
@@ -395,7 +395,7 @@ _SINE_HIDDEN = (40, 40)
 def _mlp_init(num_outputs: int) -> Callable[..., Params]:
     def init(seed: int, dtype=tf.float32) -> Params:
         params: Params = {}
-        sizes = (1, *_SINE_HIDDEN, num_outputs)
+        sizes = (*datasets.DATASETS["sine"].input_shape, *_SINE_HIDDEN, num_outputs)
         for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             params[f"dense{layer}/kernel"] = _glorot_uniform((fan_in, fan_out), fan_in, fan_out, (seed, layer), dtype)
             params[f"dense{layer}/bias"] = tf.zeros([fan_out], dtype)
@@ -457,13 +457,15 @@ def get_model(arch: str, num_outputs: int, conv_path: str | None = None) -> Mode
     if int(num_outputs) < 1:
         raise UserError(f"num_outputs must be a positive number of classes/outputs (got {num_outputs})")
     num_outputs = int(num_outputs)
-    if arch == "sine":
+    dataset = datasets.DATASETS[arch]
+    if arch not in _CONV_SPECS:  # the sine regression MLP
         return Model(init=_mlp_init(num_outputs), apply=_mlp_apply, loss=mse_loss, accuracy=regression_accuracy,
-                     arch=arch, num_outputs=num_outputs, input_shape=(1,), is_classifier=False, conv_path=None)
+                     arch=arch, num_outputs=num_outputs, input_shape=dataset.input_shape,
+                     is_classifier=dataset.is_classifier, conv_path=None)
     path = choose_conv_path(conv_path)
     return Model(init=_conv_init(arch, num_outputs), apply=_conv_apply(arch, path), loss=cross_entropy_loss,
                  accuracy=classification_accuracy, arch=arch, num_outputs=num_outputs,
-                 input_shape=_CONV_SPECS[arch][0], is_classifier=True, conv_path=path)
+                 input_shape=dataset.input_shape, is_classifier=dataset.is_classifier, conv_path=path)
 
 
 def count_params(params: Params) -> int:

@@ -6,7 +6,9 @@
   conv path has a gradient only on oneDNN and cuDNN; `models.choose_conv_path` falls back to an
   equivalent path elsewhere (oneDNN off by choice, ARM, macOS, other builds).
 - Determinism (`deterministic_runtime`) and mixed precision (`precision_policy`).
-- `runtime_info()`: all of the above as one JSON-able record for config.json, MLflow and bench.
+- `runtime_info()`: all of the above as one JSON-able record for config.json, MLflow and bench;
+  `environment_info` adds the source commit (`git_commit`) and Python: a run's config.json
+  `environment`.
 
 Importing this module imports TensorFlow; `reptile_tf/__init__.py` has already chosen the
 oneDNN default by then.
@@ -19,6 +21,8 @@ import contextlib
 import functools
 import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -114,6 +118,28 @@ def runtime_info() -> dict[str, Any]:
         "device": gpus[0].name if gpus else "CPU",
         "tensorflow": tf.__version__,
     }
+
+
+def git_commit() -> str | None:
+    """The commit of the source tree this package runs from (None outside a git checkout); a
+    `-dirty` suffix when tracked files are modified."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    commit = out.stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
+    return commit + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+
+
+def environment_info(conv_path: str | None = None) -> dict[str, Any]:
+    """Where and how a run executes: commit, Python, TensorFlow, device, CPU model and flags,
+    the real oneDNN state (`runtime_info`) and the model's conv path. May change on resume."""
+    return {"git_commit": git_commit(), "python": sys.version.split()[0], **runtime_info(), "conv_path": conv_path}
 
 
 def deterministic_runtime(xla: bool = False) -> bool:

@@ -6,17 +6,33 @@ they never copy them.
 
 Reptile and FOMAML use the Reptile paper's settings (its FOMAML numbers come from the
 same code with `--foml`); MAML uses the MAML paper's settings.
+
+`Settings` is also the one home of what makes a configuration valid (`Settings.problems` /
+`validate`, `check_value` for pure functions called without a Settings, `override_value` for the
+workflow's config) and of the facts derived from it (`is_classifier`, `metric_name`,
+`num_outputs`, `synthetic`, `uses_tail_batch`, `training_task_shape`). Dataset facts come from
+`reptile_tf.datasets`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import typing
 from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
 
+from reptile_tf import datasets
 from reptile_tf.errors import UserError
 
 ALGORITHMS = ("reptile", "fomaml", "maml")
-DATASETS = ("omniglot", "mini_imagenet", "sine")
+DATASETS = datasets.NAMES
+# The outer step of each algorithm (meta.ALGORITHMS holds the code): Reptile and FOMAML move phi
+# towards the adapted weights with an annealed step size (outer_optimizer "sgd"); MAML steps its
+# outer optimizer along a meta-gradient. Only FOMAML may end on a tail minibatch (`--foml-tail`).
+INTERPOLATING_ALGORITHMS = ("reptile", "fomaml")
+TAIL_ALGORITHMS = ("fomaml",)
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,86 @@ class Settings:
                 del values[name]
         return values
 
+    # ------------------------------------------------------------ validation (the one home)
+
+    def problems(self, fields: Iterable[str] | None = None) -> list[tuple[str, str]]:
+        """(field, what is wrong) for every problem that needs no data; [] for usable settings.
+
+        Pure and shared by the CLI (`validate`), the workflow's config check and `meta`, so all
+        reject the same values with the same words. At most one problem per field. `fields`:
+        check only these (a problem between fields counts for the field it names).
+        """
+        names = list(field_types()) if fields is None else list(fields)
+        found: dict[str, str] = {}
+        for check in _VALUE_CHECKS:
+            for name in names:
+                if name not in found:
+                    problem = check(name, getattr(self, name))
+                    if problem:
+                        found[name] = problem
+        for name, check, needs in _BETWEEN_FIELDS:
+            if name in names and name not in found and not any(_value_problem(n, getattr(self, n)) for n in needs):
+                problem = check(self)
+                if problem:
+                    found[name] = problem
+        return list(found.items())
+
+    def validate(self, fields: Iterable[str] | None = None) -> None:
+        """UserError naming every problem of `problems(fields)` and the fix. (The checks that
+        need the data are in `data.tasks.check_task_shape`.)"""
+        problems = self.problems(fields)
+        if problems:
+            raise UserError(f"invalid hyperparameters: {'; '.join(message for _, message in problems)}. "
+                            "Pass other values (`reptile-tf train --help` lists the flags).")
+
+    # ------------------------------------------------------------ derived facts
+
+    @property
+    def dataset_spec(self) -> datasets.Dataset:
+        """The registry entry of `dataset` (reptile_tf.datasets)."""
+        return datasets.get(self.dataset)
+
+    @property
+    def synthetic(self) -> bool:
+        """Tasks are generated in memory (sine): no data files, no data dir."""
+        return self.dataset_spec.synthetic
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.dataset_spec.is_classifier
+
+    @property
+    def metric_name(self) -> str:
+        """What evaluation scores: "accuracy" (classification) or "mse" (regression)."""
+        return "accuracy" if self.is_classifier else "mse"
+
+    @property
+    def num_outputs(self) -> int:
+        """Network outputs: one logit per class, or the regression value."""
+        return self.ways if self.is_classifier else 1
+
+    @property
+    def uses_tail_batch(self) -> bool:
+        """FOMAML with `tail_shots > 0` (official `--foml-tail`): the last inner step is on a
+        separate tail minibatch, the episode's query images."""
+        return self.algorithm in TAIL_ALGORITHMS and self.tail_shots > 0
+
+    @property
+    def training_task_shape(self) -> tuple[int, int]:
+        """(support shots, queries) per class of a training task, as `meta.meta_step` expects.
+
+        Reptile: `train_shots` support images (queries unused). MAML: `train_shots` (= shots)
+        support + `queries` query images. FOMAML with a tail (official `--foml-tail`): the
+        task's `train_shots` images per class are split into `train_shots - tail_shots` for the
+        inner minibatches and `tail_shots` for the final tail minibatch (query_x).
+        """
+        if self.uses_tail_batch:
+            problem = _tail_problem(self)
+            if problem:
+                raise UserError(f"{problem}; raise --train-shots or lower --tail-shots")
+            return self.train_shots - self.tail_shots, self.tail_shots
+        return self.train_shots, self.queries
+
 
 # Settings fields added for fidelity to the official code (issue 16): name -> (default, allowed values).
 # - inner_adam_mode: how the inner Adam state is shared by the tasks of a meta-batch (Reptile/FOMAML).
@@ -112,12 +208,173 @@ FIDELITY_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def check_fidelity_options(settings: "Settings") -> None:
-    """UserError for an unknown value of a FIDELITY_OPTIONS field."""
-    for name, (_, allowed) in FIDELITY_OPTIONS.items():
-        value = getattr(settings, name)
-        if value not in allowed:
-            raise UserError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+# ------------------------------------------------------------------ the checks
+
+# Settings fields chosen by positional-style flags, not generated as overrides.
+IDENTITY_FIELDS = ("algorithm", "dataset", "ways", "shots")
+NOT_A_FLAG = frozenset(IDENTITY_FIELDS) | {"source"}
+# Settings fields that count something: at least 1.
+POSITIVE_FIELDS = ("ways", "shots", "inner_steps", "meta_batch", "iterations", "train_shots", "queries",
+                   "eval_inner_steps", "eval_tasks", "eval_queries")
+# Fields that may be 0 (inner_batch/eval_inner_batch 0 = the whole support set; tail_shots 0 = no tail).
+NON_NEGATIVE_FIELDS = ("inner_batch", "eval_inner_batch", "tail_shots")
+LEARNING_RATE_FIELDS = ("inner_lr", "outer_lr", "eval_inner_lr")
+# The optimizer names (meta.INNER_OPTIMIZERS / OUTER_OPTIMIZERS build them).
+OPTIMIZERS = ("adam", "sgd")
+# Fields with a fixed set of values (the flags show them as `{a,b}`).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "algorithm": ALGORITHMS, "dataset": DATASETS, "inner_optimizer": OPTIMIZERS, "outer_optimizer": OPTIMIZERS,
+    **{name: allowed for name, (_, allowed) in FIDELITY_OPTIONS.items()},
+}
+
+
+@functools.cache
+def field_types() -> dict[str, Any]:
+    """Settings field -> its type annotation, in declaration order."""
+    return typing.get_type_hints(Settings)
+
+
+def flag_type(annotation: Any) -> Any:
+    """`float | None` -> float; plain types unchanged."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def flag_fields() -> list[str]:
+    """The Settings fields that are hyperparameter flags / workflow `overrides` keys."""
+    return [name for name in field_types() if name not in NOT_A_FLAG]
+
+
+def _type_problem(name: str, value: Any) -> str | None:
+    """Why `value` does not have the type Settings declares for `name` (None: it does)."""
+    annotation = field_types()[name]
+    kind = flag_type(annotation)
+    if value is None:
+        return None if type(None) in typing.get_args(annotation) else f"{name} is missing (null)"
+    if kind is bool:
+        return None if isinstance(value, bool) else f"{name}={value!r} must be true or false"
+    if isinstance(value, bool):  # bool is an int subclass: True is not a learning rate
+        return f"{name}={value!r} must be a number ({kind.__name__}), not a boolean"
+    if kind is float:
+        return None if isinstance(value, (int, float)) else f"{name}={value!r} must be a number"
+    if kind is int:
+        return None if isinstance(value, int) else f"{name}={value!r} must be an integer"
+    return None if isinstance(value, kind) else f"{name}={value!r} must be a {kind.__name__}"
+
+
+def _count_problem(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if name in POSITIVE_FIELDS and value < 1:
+        return f"{name}={value} must be at least 1"
+    if name in NON_NEGATIVE_FIELDS and value < 0:
+        return (f"{name}={value} must be >= 0 (0 = "
+                f"{'no tail minibatch' if name == 'tail_shots' else 'the whole support set'})")
+    return None
+
+
+def _finite_problem(name: str, value: Any) -> str | None:
+    # `nan <= 0` is False: without this a NaN learning rate passes and trains NaN parameters.
+    if value is not None and flag_type(field_types()[name]) is float and not math.isfinite(value):
+        return f"{name}={value} is not a finite number"
+    return None
+
+
+def _range_problem(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if name in LEARNING_RATE_FIELDS and value <= 0:
+        return f"{name}={value} must be positive (a learning rate)"
+    if name in ("adam_beta1", "adam_beta2") and not 0 <= value < 1:
+        return f"{name}={value} must be in [0, 1)"
+    if name == "adam_epsilon" and value <= 0:
+        return f"{name}={value} must be positive"
+    return None
+
+
+def _choice_problem(name: str, value: Any) -> str | None:
+    allowed = CHOICES.get(name)
+    if allowed is None or value is None or value in allowed:
+        return None
+    if name in IDENTITY_FIELDS:
+        return f"unknown {name} {value!r}; choose one of {', '.join(allowed)}"
+    if allowed == OPTIMIZERS:
+        return f"{name}={value!r} is not supported; use 'adam' or 'sgd'"
+    return f"{name}={value!r} is not supported; use one of {', '.join(allowed)}"
+
+
+# One field's checks, in the order they run; a field's first problem is its only one (a value of
+# the wrong type is not range-checked).
+_VALUE_CHECKS: tuple[Callable[[str, Any], str | None], ...] = (
+    _type_problem, _count_problem, _finite_problem, _range_problem, _choice_problem)
+
+
+def _value_problem(name: str, value: Any) -> str | None:
+    """What is wrong with `value` as Settings field `name` on its own (None: nothing)."""
+    for check in _VALUE_CHECKS:
+        problem = check(name, value)
+        if problem:
+            return problem
+    return None
+
+
+def check_value(name: str, value: Any) -> None:
+    """UserError unless `value` is a valid Settings field `name`: for pure functions called without a
+    Settings (meta.InnerConfig, meta.maml_update), with the words `Settings.validate` uses."""
+    problem = _value_problem(name, value)
+    if problem:
+        raise UserError(f"invalid hyperparameter: {problem}. Pass another value "
+                        "(`reptile-tf train --help` lists the flags).")
+
+
+def _tail_problem(settings: Settings) -> str | None:
+    if settings.uses_tail_batch and settings.train_shots <= settings.tail_shots:
+        return (f"FOMAML with tail_shots={settings.tail_shots} needs train_shots > tail_shots "
+                f"(got train_shots={settings.train_shots})")
+    return None
+
+
+def _outer_optimizer_problem(settings: Settings) -> str | None:
+    if settings.algorithm in INTERPOLATING_ALGORITHMS and settings.outer_optimizer != "sgd":
+        return (f"{settings.algorithm} interpolates with an annealed step size; set outer_optimizer "
+                f"to 'sgd' (got {settings.outer_optimizer!r})")
+    return None
+
+
+# Problems between fields: (the field named, check, the fields it reads, which must be valid first).
+_BETWEEN_FIELDS: tuple[tuple[str, Callable[[Settings], str | None], tuple[str, ...]], ...] = (
+    ("train_shots", _tail_problem, ("algorithm", "tail_shots", "train_shots")),
+    ("outer_optimizer", _outer_optimizer_problem, ("algorithm", "outer_optimizer")),
+)
+
+
+def override_value(name: str, value: Any) -> Any:
+    """`value` as `reptile-tf train --<name> <value>` would receive it; UserError naming `name`
+    when the CLI would reject it or `name` is not a hyperparameter.
+
+    The workflow checks its `overrides` with this before any job runs, so the config and the
+    CLI accept exactly the same names and values (both come from the Settings table).
+    """
+    known = flag_fields()
+    if name not in known:
+        raise UserError(f"unknown hyperparameter {name!r}; known: {', '.join(known)}")
+    kind = flag_type(field_types()[name])
+    if value is None:
+        raise UserError(f"{name}: null is not a value; remove the key to keep the paper's value")
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{name}={value!r} must be true or false")
+        return value
+    if isinstance(value, bool):
+        raise UserError(f"{name}={value!r} must be a {kind.__name__}, not a boolean")
+    try:
+        # What argparse does with the flag's text (YAML 1.1 reads `1e-3` as a string; the CLI takes it).
+        converted = kind(str(value))
+    except ValueError:
+        raise UserError(f"{name}={value!r} is not {'an' if kind is int else 'a'} {kind.__name__}") from None
+    if kind is float and not math.isfinite(converted):
+        raise UserError(f"{name}={value!r} is not a finite number")
+    return converted
 
 
 _REPTILE_SRC = "Reptile paper, official README commands (docs/reference.md)"
@@ -171,10 +428,10 @@ def _sine(algorithm: str) -> dict:
 
 def paper_settings(algorithm: str, dataset: str, ways: int, shots: int) -> Settings:
     """The paper's configuration for this setting (docs/reference.md)."""
-    if algorithm not in ALGORITHMS:
-        raise UserError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-    if dataset not in DATASETS:
-        raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    for name, value in (("algorithm", algorithm), ("dataset", dataset)):
+        problem = _choice_problem(name, value)
+        if problem:
+            raise UserError(problem)
     if ways < 1 or shots < 1:
         raise UserError(f"ways and shots must be positive (got ways={ways}, shots={shots})")
     try:
@@ -190,10 +447,32 @@ def paper_settings(algorithm: str, dataset: str, ways: int, shots: int) -> Setti
             "settings are Omniglot 5/20-way and Mini-ImageNet 5-way, 1 or 5 shots. Pass every "
             "hyperparameter explicitly (see `reptile-tf train --help`) to run another setting."
         ) from None
-    if algorithm == "fomaml":
+    if algorithm in TAIL_ALGORITHMS:
         # Official code, `--foml --foml-tail 5` on Omniglot/Mini-ImageNet: a separate final minibatch.
         values["tail_shots"] = 5 if dataset != "sine" else 0
     return Settings(algorithm=algorithm, dataset=dataset, ways=ways, shots=shots, **values)
+
+
+def merge_settings(algorithm: str, dataset: str, ways: int, shots: int,
+                   overrides: dict[str, Any] | None = None) -> Settings:
+    """The paper's settings with `overrides` on top, not yet validated (`train.resolve_settings`
+    validates them; the workflow reports each problem at its config key).
+
+    A setting without a published configuration works when every field without a default is given.
+    """
+    overrides = dict(overrides or {})
+    try:
+        base = paper_settings(algorithm, dataset, ways, shots)
+    except UserError:
+        required = [f.name for f in dataclasses.fields(Settings)
+                    if f.name not in NOT_A_FLAG and f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]
+        missing = [name for name in required if overrides.get(name) is None]
+        if missing or algorithm not in ALGORITHMS or dataset not in DATASETS:
+            raise
+        return Settings(algorithm=algorithm, dataset=dataset, ways=ways, shots=shots,
+                        **{k: v for k, v in overrides.items() if v is not None})
+    return base.replace(**overrides)
 
 
 # Published accuracies (%), docs/reference.md Tables 1 and 2: (method, transductive, dataset, ways, shots) -> (mean, ±)
@@ -211,3 +490,16 @@ PUBLISHED: dict[tuple[str, bool, str, int, int], tuple[float, float]] = {
     ("reptile", False, "mini_imagenet", 5, 1): (47.07, 0.26), ("reptile", False, "mini_imagenet", 5, 5): (62.74, 0.37),
     ("reptile", True, "mini_imagenet", 5, 1): (49.97, 0.32), ("reptile", True, "mini_imagenet", 5, 5): (65.99, 0.58),
 }
+
+
+def settings_from_config(config: dict[str, Any]) -> Settings:
+    """The Settings a run was trained with, from its config.json (every field at the top level;
+    a field the file lacks, e.g. a FIDELITY_OPTIONS field left at its default, is its default)."""
+    names = {f.name for f in dataclasses.fields(Settings)}
+    missing = [n for n in IDENTITY_FIELDS if n not in config]
+    if missing:
+        raise UserError(f"config.json lacks {missing}; it was not written by reptile-tf train")
+    try:
+        return Settings(**{k: v for k, v in config.items() if k in names})
+    except TypeError as err:
+        raise UserError(f"config.json does not describe a complete run ({err}); re-run reptile-tf train") from None

@@ -17,19 +17,19 @@ Tables read run directories only, never MLflow (the run directory is the source 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from reptile_tf.curves import ALGORITHM_LABELS, plot_learning_curves, setting_label
 from reptile_tf.errors import UserError
-from reptile_tf.io import atomic_path, read_json, write_text_atomic
+from reptile_tf.io import atomic_path, write_text_atomic
+from reptile_tf.rundir import REPORT_MODES, RunRecord, eval_csv_name, find_runs
 from reptile_tf.settings import PUBLISHED
+from reptile_tf.stats import INTERVAL_METHOD, SeedResult, combine_seeds
 
-EVAL_MODES = ("non_transductive", "transductive")
-ALGORITHM_LABELS = {"maml": "MAML", "fomaml": "FOMAML", "reptile": "Reptile"}
 # Paper row order: MAML and FOMAML in both batch-norm modes, then Reptile in both.
 METHOD_ROWS = tuple((algo, transductive) for algo in ("maml", "fomaml", "reptile") for transductive in (False, True))
 # table file stem, title, settings (ways, shots) as the paper's columns
@@ -54,172 +54,9 @@ CSV_COLUMNS = (
     "published_mean", "published_pm", "difference", "published_inside",
 )
 
-# Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-         2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-         2.052, 2.048, 2.045, 2.042)
-
-INTERVAL_METHOD = (
-    "Each cell: mean over seeds of each seed's mean test accuracy over its evaluation tasks, ± the "
-    "half-width of a 95% interval for that mean. With S >= 2 seeds the half-width is "
-    "t(0.975, S-1) * sd(seed means) / sqrt(S): by the law of total variance the spread of the seed "
-    "means already contains both the training-seed variation and the task-sampling noise of each "
-    "seed's evaluation. It is floored at the task-sampling-only half-width "
-    "1.96 * sqrt(sum_s se_s^2) / S (se_s = a seed's ci95 / 1.96, from eval.json), which the true "
-    "variance can never be below. With one seed only task sampling is measurable and the "
-    "interval is 1.96 * se (column `interval_basis` says which applies). Published values are "
-    "the Reptile paper's (docs/reference.md); `in?` = the published mean lies inside our interval."
-)
-
-
-def t_quantile_975(dof: int) -> float:
-    """Student-t 0.975 quantile; normal approximation beyond the table (error < 0.005)."""
-    if dof < 1:
-        raise ValueError("degrees of freedom must be >= 1")
-    return _T975[dof - 1] if dof <= len(_T975) else 1.96 + 2.4 / dof
-
-
-@dataclass(frozen=True)
-class SeedResult:
-    """One run's final evaluation in one batch-norm mode (accuracy, ci95 in %)."""
-
-    accuracy: float
-    ci95: float
-    tasks: int
-
-
-@dataclass(frozen=True)
-class Cell:
-    mean: float
-    ci95: float
-    seeds: int
-    tasks_per_seed: int
-    basis: str  # "seeds+tasks" or "tasks"
-
-
-def combine_seeds(results: Iterable[SeedResult]) -> Cell:
-    """Mean over seeds with a 95% interval over seeds and tasks (see INTERVAL_METHOD)."""
-    results = list(results)
-    if not results:
-        raise ValueError("no results to combine")
-    count = len(results)
-    means = [r.accuracy for r in results]
-    mean = sum(means) / count
-    # task-sampling-only standard error of the grand mean: sqrt(sum se_s^2) / S
-    task_se = math.sqrt(sum((r.ci95 / 1.96) ** 2 for r in results)) / count
-    task_half_width = 1.96 * task_se
-    tasks = min(r.tasks for r in results)
-    if count == 1:
-        return Cell(mean, task_half_width, 1, tasks, "tasks")
-    seed_sd = math.sqrt(sum((m - mean) ** 2 for m in means) / (count - 1))
-    seed_half_width = t_quantile_975(count - 1) * seed_sd / math.sqrt(count)
-    return Cell(mean, max(seed_half_width, task_half_width), count, tasks, "seeds+tasks")
-
-
-# ---------------------------------------------------------------------------------------------
-# Run directories
-
-
-def _first(mapping: dict, *keys: str, default: Any = None) -> Any:
-    for key in keys:
-        if key in mapping and mapping[key] is not None:
-            return mapping[key]
-    return default
-
-
-def flatten_config(config: dict) -> dict:
-    """config.json with its settings block (if nested) merged in at the top level.
-
-    Why: the contract fixes the content of config.json (resolved Settings + seed, data digest,
-    code version, TF version, device), not whether Settings is nested; accept both.
-    """
-    flat = {k: v for k, v in config.items() if not isinstance(v, dict)}
-    for key in ("settings", "config", "hyperparameters"):
-        if isinstance(config.get(key), dict):
-            for inner_key, value in config[key].items():
-                flat.setdefault(inner_key, value)
-    for key, value in config.items():
-        if isinstance(value, dict) and key not in ("settings", "config", "hyperparameters"):
-            flat.setdefault(key, value)
-    return flat
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    path: Path
-    config: dict  # flattened config.json
-    evaluation: dict  # eval.json ({} when not evaluated yet)
-
-    @property
-    def algorithm(self) -> str:
-        return str(self.config["algorithm"])
-
-    @property
-    def dataset(self) -> str:
-        return str(self.config["dataset"])
-
-    @property
-    def ways(self) -> int:
-        return int(self.config["ways"])
-
-    @property
-    def shots(self) -> int:
-        return int(self.config["shots"])
-
-    @property
-    def seed(self) -> int:
-        return int(_first(self.config, "seed", default=0))
-
-
-def load_run(run_dir: str | Path) -> RunRecord:
-    """Read one run directory (config.json required; eval.json optional)."""
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise UserError(f"{run_dir} is not a run directory (no config.json); pass a directory written by "
-                        "`reptile-tf train --out`")
-    try:
-        config = flatten_config(read_json(config_path))
-        evaluation = read_json(run_dir / "eval.json") if (run_dir / "eval.json").is_file() else {}
-    except json.JSONDecodeError as err:
-        raise UserError(f"{run_dir}: unreadable JSON ({err}); re-run the job that writes it") from None
-    missing = [k for k in ("algorithm", "dataset", "ways", "shots") if k not in config]
-    if missing:
-        raise UserError(f"{config_path} lacks {missing}; re-run `reptile-tf train` to rewrite it")
-    return RunRecord(run_dir, config, evaluation)
-
-
-def find_runs(runs_root: str | Path) -> list[RunRecord]:
-    """All run directories (those holding config.json) below `runs_root`, in path order."""
-    runs_root = Path(runs_root)
-    if not runs_root.is_dir():
-        raise UserError(f"runs directory {runs_root} does not exist; pass --runs runs/<preset> after training")
-    return [load_run(p.parent) for p in sorted(runs_root.rglob("config.json"))]
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """metrics.jsonl as a list of dicts (missing file -> []); a torn last line is ignored."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a job killed mid-write leaves a partial last line
-    return rows
-
 
 # ---------------------------------------------------------------------------------------------
 # Aggregation
-
-
-def setting_label(ways: int, shots: int) -> str:
-    return f"{shots}-shot {ways}-way"
 
 
 def method_label(algorithm: str, transductive: bool) -> str:
@@ -234,7 +71,7 @@ def aggregate(runs: Iterable[RunRecord]) -> "pandas.DataFrame":  # noqa: F821
     for run in runs:
         if run.dataset not in TABLES:  # e.g. sine regression: no paper table, metric is MSE
             continue
-        for mode in EVAL_MODES:
+        for mode in REPORT_MODES:
             result = run.evaluation.get(mode)
             if not result:
                 continue
@@ -273,17 +110,17 @@ def tasks_path(table_csv: str | Path) -> Path:
 def per_task_frame(runs: Iterable[RunRecord]) -> "pandas.DataFrame":  # noqa: F821
     """Every evaluation task's accuracy (%) behind the table cells: TASK_COLUMNS, one row per
     (cell, seed, task), read from each run's `eval_<mode>.csv`. The evaluation episodes are fixed
-    (`evaluate.EVAL_SEED`), so task i is the same episode in every run and on every machine:
+    (`seeds.EVAL_SEED`), so task i is the same episode in every run and on every machine:
     what makes the paired test of `diff --paired` possible."""
     import pandas as pd
 
     frames = []
     for run in runs:
-        for mode in EVAL_MODES:
+        for mode in REPORT_MODES:
             result = run.evaluation.get(mode)
             if not result:
                 continue
-            path = run.path / str(result.get("per_task_csv") or f"eval_{mode}.csv")
+            path = run.path / str(result.get("per_task_csv") or eval_csv_name(mode))
             if not path.is_file():
                 raise UserError(f"{path} is missing (eval.json names it); re-run `reptile-tf evaluate {run.path}`")
             tasks = pd.read_csv(path)
@@ -345,62 +182,6 @@ def render_markdown(frame: "pandas.DataFrame", dataset: str, command: str) -> st
 def write_csv_atomic(frame: "pandas.DataFrame", path: Path) -> None:  # noqa: F821
     with atomic_path(path, suffix=".csv") as tmp:
         frame.to_csv(tmp, index=False, float_format="%.4f")
-
-
-def moving_average(values: list[float], window: int) -> list[float]:
-    """Trailing moving average (window shrinks at the start), for readable noisy curves."""
-    out, total = [], 0.0
-    for i, value in enumerate(values):
-        total += value
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
-
-
-def plot_learning_curves(runs: list[RunRecord], dataset: str, ways: int, shots: int, path: Path) -> bool:
-    """Training (and validation, if logged) accuracy vs iteration, one line per algorithm and seed.
-
-    Returns False (and writes nothing) when no run of this setting logged metrics.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    selected = [r for r in runs if (r.dataset, r.ways, r.shots) == (dataset, ways, shots)]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    colors = {"reptile": "tab:green", "fomaml": "tab:orange", "maml": "tab:blue"}
-    drew = False
-    for run in sorted(selected, key=lambda r: (r.algorithm, r.seed)):
-        metrics = [m for m in read_metrics(run.path) if "iteration" in m]
-        train = [(m["iteration"], m["accuracy"]) for m in metrics if m.get("accuracy") is not None]
-        if not train:
-            continue
-        steps, acc = zip(*train)
-        label = f"{ALGORITHM_LABELS.get(run.algorithm, run.algorithm)} seed {run.seed}"
-        color = colors.get(run.algorithm)
-        ax.plot(steps, moving_average([100 * a if a <= 1 else a for a in acc], 10), color=color, lw=1,
-                label=f"{label} (train)")
-        val = [(m["iteration"], m["val_accuracy"]) for m in metrics if m.get("val_accuracy") is not None]
-        if val:
-            vsteps, vacc = zip(*val)
-            ax.plot(vsteps, [100 * a if a <= 1 else a for a in vacc], color=color, lw=1, ls="--",
-                    label=f"{label} (val)")
-        drew = True
-    if not drew:
-        plt.close(fig)
-        return False
-    ax.set_xlabel("meta-iteration")
-    ax.set_ylabel("accuracy (%), moving average of 10 logs")
-    ax.set_title(f"{dataset} {setting_label(ways, shots)}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
-    return True
 
 
 def build_tables(runs_root: str | Path, out_dir: str | Path, command: str | None = None) -> list[Path]:

@@ -31,8 +31,8 @@ What a seed run holds:
   and iterations x meta_batch, over that time) and the curve `train/iterations_per_s` (between
   consecutive logged lines);
 - accuracies in percent everywhere (`train/accuracy`, `train/query_accuracy`, `val_accuracy` are
-  fractions in metrics.jsonl and converted here; `test_accuracy_<mode>` and `test_ci95_<mode>`
-  come from eval.json in percent); `test_mse_<mode>` for sine;
+  fractions in metrics.jsonl, read in percent through `reptile_tf.rundir`; `test_accuracy_<mode>`
+  and `test_ci95_<mode>` come from eval.json in percent); `test_mse_<mode>` for sine;
 - evaluation settings as params: `test_tasks_<mode>`, `test_inner_steps_<mode>`, `test_split_<mode>`,
   `test_checkpoint_iteration_<mode>`; every hyperparameter and run option as params;
 - MLflow's source tags: `mlflow.source.git.commit` is the commit config.json's `environment`
@@ -47,7 +47,7 @@ What a seed run holds:
   checkpoint, and the trained model in MLflow's model format (`model`, a pyfunc that adapts to a
   support set and labels queries: `reptile_tf/mlflow_model.py`), logged once per checkpoint.
 A setting run holds the shared params, the mean over its seeds of the test accuracies (95%
-interval over seeds and tasks, as the tables compute it: `tables.combine_seeds`) and of the
+interval over seeds and tasks, as the tables compute it: `stats.combine_seeds`) and of the
 timing metrics, logged at step = number of seeds, and spans its seeds' training.
 
 Nothing is skipped silently: a run without DONE or eval.json is tracked with the tag
@@ -74,9 +74,15 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from reptile_tf import mlflow_model
+from reptile_tf.curves import plot_learning_curves
+from reptile_tf.data.prepare import DEFAULT_DATA_DIR
 from reptile_tf.errors import UserError
 from reptile_tf.io import write_json_atomic
-from reptile_tf.tables import EVAL_MODES, RunRecord, SeedResult, combine_seeds, load_run, plot_learning_curves
+from reptile_tf.rundir import (CONFIG_FILE, ENVIRONMENT_KEY, EVAL_FILE, METRICS_FILE, REPORT_MODES, RunRecord,
+                               latest_checkpoint_files, load_run, read_config, read_metrics_lines)
+from reptile_tf.runtime import git_commit
+from reptile_tf.stats import SeedResult, combine_seeds
 
 DEFAULT_TRACKING_URI = "sqlite:///results/mlflow/mlflow.db"
 RUN_KEY_TAG = "reptile_tf.run_key"
@@ -97,8 +103,6 @@ PARENT_TAG = "mlflow.parentRunId"
 NOTE_TAG = "mlflow.note.content"
 NOTE_SHA_TAG = "reptile_tf.note_sha256"  # of the description this module wrote (a user's edit is kept)
 SOURCE_NAME = "reptile-tf train"
-# Accuracy keys of metrics.jsonl (fractions there), logged in percent like the published tables.
-FRACTION_KEYS = {"accuracy", "query_accuracy", "val_accuracy"}
 # A model bigger than this is not logged (a warning says so; the checkpoint artifact still is).
 MODEL_MAX_BYTES = 512 * 2**20
 # Wall times before this (2001-09-09) are not real clock readings (e.g. hand-made test files).
@@ -231,38 +235,35 @@ def group_key(run: RunRecord) -> str:
 
 
 def _config_without(run_dir: Path, *keys: str) -> str:
-    config = json.loads((Path(run_dir) / "config.json").read_text())
-    config = {k: v for k, v in config.items() if k not in keys}
+    config = {k: v for k, v in read_config(run_dir).items() if k not in keys}
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
 def config_hash(run_dir: Path) -> str:
     """sha256 of config.json without `environment` (where and on what it ran, which a resume on
     another machine changes): the resolved configuration a run directory was trained with."""
-    return _config_without(run_dir, "environment")
+    return _config_without(run_dir, ENVIRONMENT_KEY)
 
 
 def group_hash(run_dir: Path) -> str:
     """sha256 of config.json without `environment` and `seed`: the setting its seeds share."""
-    return _config_without(run_dir, "environment", "seed")
+    return _config_without(run_dir, ENVIRONMENT_KEY, "seed")
 
 
 def run_status(run: RunRecord) -> str:
     """`complete` (DONE and eval.json), `not_evaluated` (DONE only) or `training_incomplete`."""
-    if not (run.path / "DONE").exists():
+    if not run.done:
         return "training_incomplete"
-    return "complete" if (run.path / "eval.json").is_file() else "not_evaluated"
+    return "complete" if (run.path / EVAL_FILE).is_file() else "not_evaluated"
 
 
 def source_tags(run: RunRecord) -> dict[str, str]:
     """MLflow's source tags: the commit recorded in config.json at training time, else this
     checkout's HEAD now (the tag `reptile_tf.source_commit_from` says which)."""
-    environment = run.config.get("environment") or {}
+    environment = run.config.get(ENVIRONMENT_KEY) or {}
     commit = environment.get("git_commit") or run.config.get("git_commit") or run.config.get("code_version")
     origin = "config.json"
     if not commit:
-        from reptile_tf.train import git_commit
-
         commit, origin = git_commit(), "tracking-time HEAD"
     tags = {"mlflow.source.name": SOURCE_NAME, "mlflow.source.type": "LOCAL"}
     if commit:
@@ -274,7 +275,7 @@ def source_tags(run: RunRecord) -> dict[str, str]:
 
 def run_tags(run: RunRecord, experiment: str) -> dict[str, str]:
     """Identity, provenance and source tags, all from config.json."""
-    environment = run.config.get("environment") or {}
+    environment = run.config.get(ENVIRONMENT_KEY) or {}
     data = run.config.get("data") or {}
     values = {
         RUN_KEY_TAG: run_key(run),
@@ -307,7 +308,7 @@ def run_params(config: dict, prefix: str = "") -> dict[str, str]:
     """Every hyperparameter and run option (nested dicts as dotted keys); environment is in tags."""
     params: dict[str, str] = {}
     for key, value in sorted(config.items()):
-        if not prefix and key == "environment":
+        if not prefix and key == ENVIRONMENT_KEY:
             continue
         name = f"{prefix}{key}"
         if isinstance(value, dict):
@@ -320,37 +321,13 @@ def run_params(config: dict, prefix: str = "") -> dict[str, str]:
 def eval_params(run: RunRecord) -> dict[str, str]:
     """How the test metrics were computed, per batch-norm mode (eval.json): counts are params."""
     params = {}
-    for mode in EVAL_MODES:
+    for mode in REPORT_MODES:
         result = run.evaluation.get(mode) or {}
         for key, name in (("tasks", "tasks"), ("inner_steps", "inner_steps"), ("split", "split"),
                           ("checkpoint_iteration", "checkpoint_iteration")):
             if result.get(key) is not None:
                 params[f"test_{name}_{mode}"] = str(result[key])
     return params
-
-
-def read_metrics_lines(run_dir: Path) -> tuple[list[dict], list[int]]:
-    """(records, 1-based numbers of the lines that are not a JSON object with an iteration).
-
-    Unlike `tables.read_metrics`, which only needs the curve, this says what it dropped: a torn
-    last line is expected in a killed run, anything else means the file was damaged.
-    """
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return [], []
-    records, dropped = [], []
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if isinstance(record, dict) and "iteration" in record:
-            records.append(record)
-        else:
-            dropped.append(number)
-    return records, dropped
 
 
 def _wall_time(record: dict) -> float | None:
@@ -361,9 +338,10 @@ def _wall_time(record: dict) -> float | None:
 
 
 def curve_rows(records: list[dict]) -> tuple[list[tuple[str, float, int, int]], list[tuple[str, int]]]:
-    """((key, value, timestamp_ms, step) for every finite numeric value, accuracies in percent, plus
-    the throughput between consecutive lines; (key, step) of the non-finite values, which are not
-    logged: NaN != NaN would re-log them on every call)."""
+    """((key, value, timestamp_ms, step) for every finite numeric value of `records` (as
+    `rundir.read_metrics_lines` gives them: accuracies in percent), plus the throughput between
+    consecutive lines; (key, step) of the non-finite values, which are not logged: NaN != NaN
+    would re-log them on every call)."""
     rows, nonfinite = [], []
     previous = None
     for record in sorted(records, key=lambda r: int(r["iteration"])):
@@ -375,7 +353,7 @@ def curve_rows(records: list[dict]) -> tuple[list[tuple[str, float, int, int]], 
                 continue
             name = f"train/{key}" if not key.startswith("val_") else key
             if math.isfinite(value):
-                rows.append((name, float(value) * (100.0 if key in FRACTION_KEYS else 1.0), timestamp, step))
+                rows.append((name, float(value), timestamp, step))
             else:
                 nonfinite.append((name, step))
         wall = _wall_time(record)
@@ -395,7 +373,7 @@ def training_span(run: RunRecord, records: list[dict]) -> dict[str, Any]:
     """When the training ran, from the run directory: {"start_ms", "end_ms", "wall_time_s"} (None
     where unknown). See the module docstring for how the start is found."""
     timed = sorted((int(r["iteration"]), _wall_time(r)) for r in records if _wall_time(r) is not None)
-    environment = run.config.get("environment") or {}
+    environment = run.config.get(ENVIRONMENT_KEY) or {}
     started = environment.get("started")
     recorded = isinstance(started, (int, float)) and not isinstance(started, bool) and started >= _MIN_WALL_TIME
     start = float(started) if recorded else None
@@ -406,7 +384,7 @@ def training_span(run: RunRecord, records: list[dict]) -> dict[str, Any]:
             start, known = w0 - it0 * (w1 - w0) / (it1 - it0), True
     if start is None and timed:
         start = timed[0][1]  # the first line is all there is: no wall time is derived from it
-    end = timed[-1][1] if timed and (run.path / "DONE").exists() else None
+    end = timed[-1][1] if timed and run.done else None
     known = known and end is not None
     return {"start_ms": None if start is None else int(1000 * start),
             "end_ms": None if end is None else int(1000 * end),
@@ -446,12 +424,12 @@ def data_quality(run: RunRecord, dropped: list[int],
     if dropped:
         lines = _listed([str(n) for n in dropped])
         tags[DROPPED_TAG] += f" (lines {lines})"
-        warnings.append(f"{run.path / 'metrics.jsonl'}: {len(dropped)} line(s) are not valid metric records and "
+        warnings.append(f"{run.path / METRICS_FILE}: {len(dropped)} line(s) are not valid metric records and "
                         f"were not logged (lines {lines}); tag {DROPPED_TAG}")
     if nonfinite:
         where = _listed([f"{key} at {step}" for key, step in nonfinite])
         tags[NONFINITE_TAG] += f" ({where})"
-        warnings.append(f"{run.path / 'metrics.jsonl'}: {len(nonfinite)} non-finite value(s) not logged ({where}); "
+        warnings.append(f"{run.path / METRICS_FILE}: {len(nonfinite)} non-finite value(s) not logged ({where}); "
                         f"tag {NONFINITE_TAG}")
     return tags, warnings
 
@@ -459,10 +437,10 @@ def data_quality(run: RunRecord, dropped: list[int],
 def final_metrics(run: RunRecord) -> list[tuple[str, float, int, int]]:
     """Test accuracy (%) and 95% interval per batch-norm mode (eval.json), at step = iterations."""
     step = int(run.config.get("iterations") or 0)
-    eval_path = run.path / "eval.json"
+    eval_path = run.path / EVAL_FILE
     timestamp = int(1000 * eval_path.stat().st_mtime) if eval_path.exists() else 0
     rows = []
-    for mode in EVAL_MODES:
+    for mode in REPORT_MODES:
         result = run.evaluation.get(mode)
         if not result:
             continue
@@ -480,7 +458,7 @@ def run_note(run: RunRecord, span: dict[str, Any]) -> str:
              f"{run.config.get('iterations')} meta-iterations (run directory `{run.path}`)."]
     if span["wall_time_s"]:
         lines.append(f"Training took {span['wall_time_s'] / 60:.1f} min.")
-    for mode in EVAL_MODES:
+    for mode in REPORT_MODES:
         result = run.evaluation.get(mode) or {}
         metric = result.get("metric", "accuracy")
         if result.get(metric) is not None:
@@ -490,24 +468,7 @@ def run_note(run: RunRecord, span: dict[str, Any]) -> str:
     return " ".join(lines)
 
 
-def latest_checkpoint_files(run_dir: Path) -> list[Path]:
-    """The files of the newest checkpoint in checkpoints/ (tf.train.CheckpointManager layout)."""
-    ckpt_dir = run_dir / "checkpoints"
-    index = ckpt_dir / "checkpoint"
-    if not index.is_file():
-        return []
-    prefix = None
-    for line in index.read_text().splitlines():
-        if line.startswith("model_checkpoint_path:"):
-            prefix = line.split(":", 1)[1].strip().strip('"')
-    if not prefix:
-        return []
-    name = Path(prefix).name
-    return [index] + sorted(p for p in ckpt_dir.iterdir() if p.name.startswith(name + "."))
-
-
 # ------------------------------------------------------------------------------- datasets
-
 
 
 def dataset_inputs(run: RunRecord) -> list[Any]:
@@ -542,8 +503,8 @@ def dataset_inputs(run: RunRecord) -> list[Any]:
             config["profile"] = json.dumps(self._profile)
             return config
 
-    environment = run.config.get("environment") or {}
-    data_dir = Path(environment.get("data_dir") or "data/tfds")
+    environment = run.config.get(ENVIRONMENT_KEY) or {}
+    data_dir = Path(environment.get("data_dir") or DEFAULT_DATA_DIR)
     source = LocalArtifactDatasetSource(str(data_dir / run.dataset))
     image_shape = tuple(data["train_shape"][2:])  # [class, image, H, W, C] as train recorded it
     schema = TensorDatasetSchema(features=Schema(
@@ -556,7 +517,7 @@ def dataset_inputs(run: RunRecord) -> list[Any]:
                        {"shape": data.get("train_shape")}))
     if data.get("val_digest"):
         wanted.append(("val", str(data["val_digest"]), "validation", {"used_for": data.get("validation")}))
-    for mode in EVAL_MODES:
+    for mode in REPORT_MODES:
         result = run.evaluation.get(mode) or {}
         if result.get("data_digest"):
             wanted.append((str(result.get("split") or "test"), str(result["data_digest"]), "test",
@@ -666,10 +627,10 @@ def log_new_metrics(client: Any, run_id: str, rows: list[tuple[str, float, int, 
 
 def log_artifacts(client: Any, run_id: str, run: RunRecord) -> None:
     """Resolved config, eval.json, per-task CSVs, learning curve PNG and the final checkpoint."""
-    for name in ("config.json", "eval.json", "metrics.jsonl"):
+    for name in (CONFIG_FILE, EVAL_FILE, METRICS_FILE):
         if (run.path / name).is_file():
             client.log_artifact(run_id, str(run.path / name))
-    for mode in EVAL_MODES:
+    for mode in REPORT_MODES:
         csv_name = (run.evaluation.get(mode) or {}).get("per_task_csv")
         if csv_name and (run.path / csv_name).is_file():
             client.log_artifact(run_id, str(run.path / csv_name), artifact_path="per_task")
@@ -684,9 +645,7 @@ def log_artifacts(client: Any, run_id: str, run: RunRecord) -> None:
 def log_model(client: Any, tracking_uri: str, experiment_id: str, run_id: str,
               run: RunRecord) -> tuple[dict[str, Any] | None, list[str]]:
     """The run's final checkpoint as an MLflow pyfunc model (once per checkpoint): (info, warnings)."""
-    from reptile_tf import mlflow_model
-
-    if not (run.path / "DONE").exists() or not mlflow_model.checkpoint_files(run.path):
+    if not run.done or not mlflow_model.checkpoint_files(run.path):
         return None, []
     size = mlflow_model.model_bytes(run.path)
     if size > MODEL_MAX_BYTES:

@@ -20,6 +20,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_CACHE = REPO_ROOT / ".cache" / "tests"
+# The conv-path choices of this test session (reptile_tf.autotune), not the user's cache: the
+# tests' processes (and their subprocesses) share it, so one shape is timed once per session.
+os.environ.setdefault("REPTILE_TF_AUTOTUNE_CACHE", str(TEST_CACHE / f"autotune-{os.getpid()}.json"))
 MIRROR_FOLDER = {"omniglot": "omniglot", "mini_imagenet": "miniimagenet"}
 
 

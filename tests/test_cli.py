@@ -11,7 +11,7 @@ from importlib import metadata
 import pytest
 
 from reptile_tf import cli, train
-from reptile_tf.settings import paper_settings
+from reptile_tf.settings import flag_fields, paper_settings
 
 
 def all_parsers() -> list[tuple[str, argparse.ArgumentParser]]:
@@ -66,7 +66,7 @@ def test_help_renders_for_every_command():
 def test_hyperparameter_flags_give_the_paper_values():
     parser = dict(all_parsers())["reptile-tf train"]
     helps = {a.dest: a.help for a in parser._actions}
-    for name in train.flag_fields():
+    for name in flag_fields():
         assert helps.get(name), name
     # the values come from the settings table, not from copies in the help text
     assert "0.0005" in helps["inner_lr"] and "0.4" in helps["inner_lr"]

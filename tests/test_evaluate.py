@@ -10,8 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reptile_tf import cli, evaluate, train
+import tensorflow as tf
+
+from reptile_tf import cli, evaluate, meta, rundir, scoring, train
+from reptile_tf.data.tasks import episode_source
 from reptile_tf.errors import UserError
+from reptile_tf.run_state import build_model, load_run_state
+from reptile_tf.seeds import EVAL_SEED
+from reptile_tf.settings import settings_from_config
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +32,7 @@ def omniglot_run(tmp_path_factory, omniglot_data_dir, omniglot_train_images) -> 
 def copy_run(run: Path, tmp_path: Path) -> Path:
     target = tmp_path / "copy"
     shutil.copytree(run, target)
-    for name in ("eval.json", "eval_transductive.csv", "eval_non_transductive.csv"):
+    for name in (rundir.EVAL_FILE, *map(rundir.eval_csv_name, rundir.EVAL_MODES)):
         (target / name).unlink(missing_ok=True)
     return target
 
@@ -37,22 +43,15 @@ def read_csv(path: Path) -> list[float]:
     return [float(r["accuracy"]) for r in rows]
 
 
-def test_mean_and_ci95():
-    mean, ci95 = evaluate.mean_and_ci95([0.0, 1.0, 1.0, 0.0])
-    assert mean == 0.5 and ci95 == pytest.approx(1.96 * 0.5 / 2)
-    with pytest.raises(ValueError):
-        evaluate.mean_and_ci95([])
-
-
 def test_eval_json_for_both_modes(omniglot_run, tmp_path):
     run = copy_run(omniglot_run, tmp_path)
-    result = evaluate.evaluate_run(run, evaluate.MODES, tasks=12, chunk_size=5, progress=False)
+    result = evaluate.evaluate_run(run, rundir.EVAL_MODES, tasks=12, chunk_size=5, progress=False)
     on_disk = json.loads((run / "eval.json").read_text())
     assert on_disk == result and set(on_disk) == {"transductive", "non_transductive"}
     for mode, entry in on_disk.items():
         assert entry["metric"] == "accuracy" and entry["tasks"] == 12 and entry["inner_steps"] == 5
         assert entry["per_task_csv"] == f"eval_{mode}.csv" and entry["split"] == "test"
-        assert entry["eval_seed"] == evaluate.EVAL_SEED and entry["checkpoint_iteration"] == 10
+        assert entry["eval_seed"] == EVAL_SEED and entry["checkpoint_iteration"] == 10
         per_task = read_csv(run / entry["per_task_csv"])
         assert len(per_task) == 12
         # 5-way, 1 query per class: each task's accuracy is a multiple of 20%.
@@ -71,22 +70,18 @@ def test_eval_json_for_both_modes(omniglot_run, tmp_path):
 
 def test_a_tasks_score_does_not_depend_on_the_chunk_size(omniglot_run, tmp_path):
     """Each task's adaptation minibatches come from its own seed (its index), not its chunk's."""
-    import tensorflow as tf
-
-    from reptile_tf import meta
-
     run = copy_run(omniglot_run, tmp_path)
     evaluate.evaluate_run(run, ("transductive",), tasks=6, chunk_size=6, progress=False)
     whole = read_csv(run / "eval_transductive.csv")
     evaluate.evaluate_run(run, ("transductive",), tasks=6, chunk_size=4, progress=False)
     assert read_csv(run / "eval_transductive.csv") == whole
     # The per-task schedules really differ between tasks and really follow the task's seed.
-    seeds = evaluate.task_seeds(3, 4)
+    seeds = scoring.task_seeds(3, 4)
     schedule = meta.minibatch_schedule(10, 5, 6, seeds, num_tasks=4).numpy()
     alone = meta.minibatch_schedule(10, 5, 6, seeds[1:2], num_tasks=1).numpy()
     np.testing.assert_array_equal(schedule[1], alone[0])
     assert not np.array_equal(schedule[0], schedule[1])
-    assert tf.reduce_all(evaluate.task_seeds(3, 4)[:, 1] == [3, 4, 5, 6])
+    assert tf.reduce_all(scoring.task_seeds(3, 4)[:, 1] == [3, 4, 5, 6])
 
 
 def test_evaluation_is_deterministic_and_on_the_same_tasks(omniglot_run, tmp_path):
@@ -98,24 +93,20 @@ def test_evaluation_is_deterministic_and_on_the_same_tasks(omniglot_run, tmp_pat
 
 
 def test_non_transductive_prediction_ignores_the_other_queries(omniglot_run, omniglot_data_dir):
-    import tensorflow as tf
-
-    config = json.loads((omniglot_run / "config.json").read_text())
-    settings = train.settings_from_config(config).replace(eval_queries=3)
-    state, _ = train.load_run_state(omniglot_run, config)
-    get_chunk, _ = evaluate.episode_source(settings, "test", 2, omniglot_data_dir, "reptile")
+    config = rundir.read_config(omniglot_run)
+    settings = settings_from_config(config).replace(eval_queries=3)
+    state, _ = load_run_state(omniglot_run, config)
+    get_chunk, _ = episode_source(settings, "test", 2, omniglot_data_dir, "reptile")
     chunk = get_chunk(0, 2)
-    model = train.build_model(settings)
-    from reptile_tf import meta
-
+    model = build_model(settings)
     params, opt_state = meta.params_from_state(state), meta.inner_adam_from_state(state)
     # Same first query, all other queries replaced by (very different) noise images.
     noise = tf.random.stateless_uniform(chunk["query_x"].shape, seed=[1, 2])
     changed = tf.concat([chunk["query_x"][:, :1], noise[:, 1:]], axis=1)
 
     def outputs(query_x, mode):
-        return evaluate.adapted_query_outputs(model, settings, params, opt_state, evaluate.task_seeds(0, 2),
-                                              chunk["support_x"], chunk["support_y"], query_x, mode).numpy()
+        return scoring.adapted_query_outputs(model, settings, params, opt_state, scoring.task_seeds(0, 2),
+                                             chunk["support_x"], chunk["support_y"], query_x, mode).numpy()
 
     original_nt, changed_nt = outputs(chunk["query_x"], "non_transductive"), outputs(changed, "non_transductive")
     np.testing.assert_allclose(original_nt[:, 0], changed_nt[:, 0], rtol=1e-5, atol=1e-5)

@@ -15,7 +15,7 @@ import pytest
 
 from reptile_tf import train
 from reptile_tf.errors import UserError
-from reptile_tf.settings import FIDELITY_OPTIONS, check_fidelity_options, paper_settings
+from reptile_tf.settings import FIDELITY_OPTIONS, paper_settings, settings_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,21 +27,21 @@ def test_fidelity_options_default_to_the_previous_behaviour_and_are_validated():
     for name, (default, allowed) in FIDELITY_OPTIONS.items():
         assert getattr(settings, name) == default and default in allowed
         for value in allowed:
-            check_fidelity_options(settings.replace(**{name: value}))
+            settings.replace(**{name: value}).validate()
         with pytest.raises(UserError, match=name):
-            check_fidelity_options(settings.replace(**{name: "bogus"}))
+            settings.replace(**{name: "bogus"}).validate()
 
 
 def test_config_records_non_default_options_and_old_configs_still_match():
     settings = paper_settings("reptile", "omniglot", 5, 1)
     old_style = settings.to_dict()
     assert not set(FIDELITY_OPTIONS) & set(old_style)  # defaults: the config a run had before the options
-    assert train.settings_from_config(old_style) == settings  # a missing field reads back as its default
+    assert settings_from_config(old_style) == settings  # a missing field reads back as its default
     official = settings.replace(inner_adam_mode="sequential", loss_reduction="sum", eval_adam_state="fresh")
     recorded = official.to_dict()
     assert {k: recorded[k] for k in FIDELITY_OPTIONS} == {
         "inner_adam_mode": "sequential", "loss_reduction": "sum", "eval_adam_state": "fresh"}
-    assert train.settings_from_config(recorded) == official
+    assert settings_from_config(recorded) == official
     assert train.config_differences(old_style, settings.to_dict()) == []
     assert train.config_differences(old_style, recorded) == sorted(FIDELITY_OPTIONS)
 
@@ -62,7 +62,7 @@ def test_train_cli_has_a_flag_per_option():
 def test_evaluation_adapts_from_training_or_fresh_adam_state():
     import tensorflow as tf
 
-    from reptile_tf import evaluate, meta
+    from reptile_tf import meta, scoring
     from reptile_tf.models import get_model
     from reptile_tf.sine import sample_sine_tasks
 
@@ -71,13 +71,13 @@ def test_evaluation_adapts_from_training_or_fresh_adam_state():
     state = meta.init_meta_state(model, model.init(0), settings)
     state, _ = meta.meta_step(model, settings, state, sample_sine_tasks(2, 10, 0, tf.constant([1, 1])),
                               tf.constant(1.0))
-    assert evaluate.adaptation_adam_state(settings, state)["t"] is state["inner_adam/t"]
+    assert scoring.adaptation_adam_state(settings, state)["t"] is state["inner_adam/t"]
     fresh_settings = settings.replace(eval_adam_state="fresh")
-    assert evaluate.adaptation_adam_state(fresh_settings, state) is None
+    assert scoring.adaptation_adam_state(fresh_settings, state) is None
     episodes = sample_sine_tasks(4, 10, 5, tf.constant([3, 3]))
-    scores = {s.eval_adam_state: evaluate.score_episodes(model, s, state, episodes, "transductive", chunk_size=4)
+    scores = {s.eval_adam_state: scoring.score_episodes(model, s, state, episodes, "transductive", chunk_size=4)
               for s in (settings, fresh_settings)}
-    seeds = evaluate.task_seeds(0, 4)
+    seeds = scoring.task_seeds(0, 4)
     for choice, opt_state in (("training", meta.inner_adam_from_state(state)), ("fresh", None)):
         adapted = meta.adapt(model, settings, meta.params_from_state(state), episodes["support_x"],
                              episodes["support_y"], seeds, opt_state)
@@ -85,7 +85,7 @@ def test_evaluation_adapts_from_training_or_fresh_adam_state():
         np.testing.assert_allclose(scores[choice], want, rtol=1e-5)
     assert not np.allclose(scores["training"], scores["fresh"])
     with pytest.raises(UserError, match="eval_adam_state"):
-        evaluate.adaptation_adam_state(settings.replace(eval_adam_state="warm"), state)
+        scoring.adaptation_adam_state(settings.replace(eval_adam_state="warm"), state)
 
 
 def _load_fidelity():

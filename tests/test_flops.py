@@ -125,7 +125,7 @@ def test_flatten_size_matches_the_model():
 
     from reptile_tf.models import get_model
 
-    for arch in ("omniglot", "mini_imagenet"):
+    for arch in flops.ARCHS:
         params = get_model(arch, 5).init(0)
         assert params["dense/kernel"].shape[0] == flops.flatten_size(arch)
         # Conv output shapes of the real model agree with the layer list (one image, one task).

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from reptile_tf import meta
+from reptile_tf import datasets, meta
+from reptile_tf import settings as settings_table
 from reptile_tf.errors import UserError
 from reptile_tf.models import broadcast_params, get_model
 from reptile_tf.settings import paper_settings
@@ -112,12 +113,13 @@ def _maml_query_loss(model, phi, xs, ys, query_x, query_y, lr):
 @pytest.mark.parametrize("arch", ["sine", "omniglot", "mini_imagenet"])
 def test_maml_meta_gradient_matches_central_finite_differences(arch):
     """Second-order MAML gradient (2 inner SGD steps) vs central differences, float64, random directions."""
-    model = get_model(arch, 1 if arch == "sine" else 3)
+    dataset = datasets.DATASETS[arch]
+    model = get_model(arch, 3 if dataset.is_classifier else 1)
     phi = model.init(11, dtype=tf.float64)
-    if arch == "sine":
+    if not dataset.is_classifier:
         batch = _to64(sample_sine_tasks(2, 8, 5, tf.constant([3, 3])))
     else:
-        size, channels = (28, 1) if arch == "omniglot" else (84, 3)
+        size, _, channels = dataset.input_shape
         tasks = 2 if arch == "omniglot" else 1  # 84x84 inputs are slow; one task covers max-pool
         batch = _to64(_classification_batch(tasks, 3, 1, 1, seed=5, size=size, channels=channels))
     steps, lr = 2, 0.1
@@ -214,7 +216,7 @@ def _task_grad(model, params, x, y):
 def _reference_meta_step(model, settings, state, batch, outer_lr):
     """Official-code semantics with a plain Python loop over tasks (numpy parameter updates)."""
     phi = {k: v.numpy() for k, v in meta.params_from_state(state).items()}
-    steps = settings.inner_steps - (1 if settings.algorithm == "fomaml" and settings.tail_shots else 0)
+    steps = settings.inner_steps - (1 if settings.uses_tail_batch else 0)
     xs, ys = meta.make_inner_batches(batch["support_x"], batch["support_y"], settings.inner_batch, steps,
                                      meta.schedule_seed(state))
     if settings.algorithm == "maml":
@@ -251,7 +253,7 @@ def _reference_task_loop(model, settings, state, batch, outer_lr, phi, xs, ys, s
         if not carry_adam:
             m, v, count = dict(start[0]), dict(start[1]), start[2]
         minibatches = [(xs[t, i].numpy(), ys[t, i].numpy()) for i in range(steps)]
-        if settings.algorithm == "fomaml" and settings.tail_shots:
+        if settings.uses_tail_batch:
             minibatches.append((batch["query_x"][t].numpy(), batch["query_y"][t].numpy()))
         for x, y in minibatches:
             before = p
@@ -501,8 +503,10 @@ def test_bad_names_batches_and_schedules_are_user_errors():
     with pytest.raises(UserError, match="unknown algorithm"):
         meta.meta_step(model, good.replace(algorithm="protonet"), meta.init_meta_state(model, params, good),
                        sample_sine_tasks(2, 10, 1, tf.constant([0, 0])), 1.0)
-    with pytest.raises(UserError, match="inner optimizer"):
+    with pytest.raises(UserError, match="inner_optimizer='rmsprop' is not supported"):
         meta.InnerConfig(optimizer="rmsprop")
+    with pytest.raises(UserError, match="inner_lr=-0.5 must be positive"):
+        meta.InnerConfig(lr=-0.5)
     with pytest.raises(UserError, match="outer_optimizer"):
         meta.init_meta_state(model, params, good.replace(outer_optimizer="adam"))
     maml = paper_settings("maml", "sine", 1, 10)
@@ -520,7 +524,7 @@ def _reference_sequential_meta_step(model, settings, state, batch, outer_lr):
     """The official `Reptile.train_step` / `FOML.train_step`: tasks one after another with ONE
     Adam state (m, v, step count) carried from task to task; only the weights are reset to phi."""
     phi = {k: v.numpy() for k, v in meta.params_from_state(state).items()}
-    tail = settings.algorithm == "fomaml" and settings.tail_shots > 0
+    tail = settings.uses_tail_batch
     steps = settings.inner_steps - (1 if tail else 0)
     xs, ys = meta.make_inner_batches(batch["support_x"], batch["support_y"], settings.inner_batch, steps,
                                      meta.schedule_seed(state))
@@ -624,20 +628,27 @@ def test_unknown_fidelity_option_values_are_user_errors():
 # ----------------------------------------------------------------------------- registries (issue 12)
 
 
-def test_registries_list_the_choices_of_an_unknown_name():
+def test_registries_hold_the_names_settings_validates_and_refuse_others():
+    # Settings (TF-free) is the one home of the valid names; meta's registries hold their code.
     assert list(meta.INNER_OPTIMIZERS) == ["sgd", "adam"] and list(meta.OUTER_OPTIMIZERS) == ["adam", "sgd"]
-    assert list(meta.ALGORITHMS) == ["reptile", "fomaml", "maml"]
+    assert set(meta.INNER_OPTIMIZERS) == set(meta.OUTER_OPTIMIZERS) == set(settings_table.OPTIMIZERS)
+    assert list(meta.ALGORITHMS) == list(settings_table.ALGORITHMS) == ["reptile", "fomaml", "maml"]
+    assert set(meta.INNER_STATE_MODES) == set(settings_table.FIDELITY_OPTIONS["inner_adam_mode"][1])
+    assert {name for name, a in meta.ALGORITHMS.items() if not a.uses_outer_optimizer} == \
+        set(settings_table.INTERPOLATING_ALGORITHMS)
     model = get_model("sine", 1)
     params = model.init(0)
     good = paper_settings("maml", "sine", 1, 10)
     with pytest.raises(UserError, match="unknown algorithm 'protonet'; choose one of reptile, fomaml, maml"):
         meta.init_meta_state(model, params, good.replace(algorithm="protonet"))
-    with pytest.raises(UserError, match="unknown inner optimizer 'rmsprop'; choose one of sgd, adam"):
+    with pytest.raises(UserError, match="inner_optimizer='rmsprop' is not supported; use 'adam' or 'sgd'"):
         meta.init_meta_state(model, params, good.replace(inner_optimizer="rmsprop"))
-    with pytest.raises(UserError, match="unknown outer optimizer for maml 'lamb'; choose one of adam, sgd"):
+    with pytest.raises(UserError, match="outer_optimizer='lamb' is not supported; use 'adam' or 'sgd'"):
         meta.init_meta_state(model, params, good.replace(outer_optimizer="lamb"))
-    with pytest.raises(UserError, match="unknown outer optimizer for MAML 'lamb'; choose one of adam, sgd"):
+    with pytest.raises(UserError, match="outer_optimizer='lamb' is not supported; use 'adam' or 'sgd'"):
         meta.maml_update(params, params, None, 0.1, "lamb")
+    # meta checks only the fields it reads: a tensor step size (the theory's) is its caller's business
+    meta.init_meta_state(model, params, good.replace(inner_lr=tf.constant(0.1)))
 
 
 def test_optimizers_are_init_update_pairs_of_the_step_functions():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from reptile_tf import runtime
+from reptile_tf import datasets, runtime
 from reptile_tf.errors import UserError
 from reptile_tf.models import (
     CONV_PATHS, available_conv_paths, batch_norm, batched_conv3x3, broadcast_params, choose_conv_path,
@@ -221,7 +221,7 @@ def test_fold_tasks_round_trip_and_channel_order():
 
 
 @pytest.mark.parametrize("path", available_conv_paths())
-@pytest.mark.parametrize("arch", ["omniglot", "mini_imagenet"])
+@pytest.mark.parametrize("arch", datasets.IMAGE_DATASETS)
 def test_float32_network_of_every_conv_path_matches_float64_task_major_network(arch, path):
     """Every conv path of the float32 network (folded grouped/split with fused batch norm,
     task-major sliced...) computes the float64 task-major network's function (sliced conv,

@@ -27,7 +27,8 @@ def copy_workflow(dest: Path) -> Path:
 
 
 def dry_run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1")  # the same statement on any machine
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1",  # the same statement on any machine
+               PATH=f"{SNAKEMAKE.parent}{os.pathsep}{os.environ.get('PATH', '')}")  # the rules call reptile-tf
     result = subprocess.run([str(SNAKEMAKE), "--cores", "2", "-n", *args], cwd=workdir, capture_output=True,
                             text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -87,7 +88,10 @@ def test_only_jobs_whose_outputs_are_missing_count(tmp_path):
     assert "train       1 of   6 job(s) to run: ~1.3 h" in notice and "evaluate    0 of   6 job(s) to run: done" in notice
     checkpoints = runs / "omniglot_5w1s/reptile/seed0/checkpoints"
     checkpoints.mkdir()
-    (checkpoints / "ckpt-80000.index").write_text("")
+    (checkpoints / "ckpt-80000.index").write_text("")  # as the CheckpointManager leaves it: files, then state
+    (checkpoints / "ckpt-80000.data-00000-of-00001").write_text("")
+    (checkpoints / "checkpoint").write_text('model_checkpoint_path: "ckpt-80000"\n'
+                                            'all_model_checkpoint_paths: "ckpt-80000"\n')
     assert NOTICE not in dry_run(workdir, *config, "--config", "plan_notice=1").stderr
 
 

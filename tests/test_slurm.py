@@ -5,8 +5,8 @@ and configured from `ci/slurm/`: no accounting, no cgroups) is started for this 
 after it. The smoke preset runs through the profile with nothing on the command line but the
 profile, the preset and three output paths; then:
 
-- every job of the run but the workflow's local rules (today only the target rule `all`) was a
-  SLURM job, and finished COMPLETED;
+- every job of the run but the workflow's local rules (`localrules`: fetch, track, tables, and
+  the target rule `all`) was a SLURM job, and finished COMPLETED;
 - SLURM gave each job what its rule declares: CPUs per task = threads, memory = mem_mb,
   time limit = runtime, no GPU for gpu=0 (read back from slurmctld with `scontrol show job`: the
   cluster keeps finished jobs for MinJobAge = 1 h, there is no accounting database);
@@ -257,8 +257,8 @@ def test_smoke_preset_runs_as_slurm_jobs_and_matches_a_local_run(slurm_cluster, 
     run_id = re.search(r"^SLURM run ID: (\S+)$", output, re.MULTILINE).group(1)
     declared = declared_jobs(output)
     submitted = dict(re.findall(r"^Job (\d+) has been submitted with SLURM jobid (\d+)", output, re.MULTILINE))
-    # Every job ran on the cluster except the workflow's `localrules` (today only the target rule
-    # `all`, which runs nothing); the compute jobs never stay local.
+    # Every job ran on the cluster except the workflow's `localrules` (fetch, track_init, track,
+    # tables) and the target rule `all`, which runs nothing; the compute jobs never stay local.
     local = {j["rule"] for j in declared.values() if j["local"]}
     assert "all" in local and not local & {"prepare", "train", "evaluate"}, declared
     assert set(submitted) == {jobid for jobid, j in declared.items() if not j["local"]}

@@ -37,33 +37,6 @@ def make_run(root: Path, algorithm: str, dataset: str, ways: int, shots: int, se
     return run
 
 
-def test_combine_one_seed_uses_task_interval():
-    cell = tables.combine_seeds([tables.SeedResult(90.0, 0.5, 100)])
-    assert (cell.mean, cell.seeds, cell.basis) == (90.0, 1, "tasks")
-    assert cell.ci95 == pytest.approx(0.5)
-
-
-def test_combine_seeds_uses_t_interval_over_seed_means():
-    results = [tables.SeedResult(a, 0.1, 1000) for a in (90.0, 92.0, 94.0)]
-    cell = tables.combine_seeds(results)
-    assert cell.mean == pytest.approx(92.0)
-    # sd of seed means = 2, t(0.975, 2) = 4.303, S = 3
-    assert cell.ci95 == pytest.approx(4.303 * 2.0 / math.sqrt(3))
-    assert cell.basis == "seeds+tasks"
-
-
-def test_combine_seeds_floored_by_task_noise():
-    # identical seed means: the seed spread is 0, yet task sampling noise remains
-    cell = tables.combine_seeds([tables.SeedResult(80.0, 1.2, 100)] * 4)
-    assert cell.ci95 == pytest.approx(1.96 * math.sqrt(4 * (1.2 / 1.96) ** 2) / 4)
-
-
-def test_t_quantile_table_and_tail():
-    assert tables.t_quantile_975(1) == pytest.approx(12.706)
-    assert tables.t_quantile_975(30) == pytest.approx(2.042)
-    assert 1.96 < tables.t_quantile_975(100) < 2.0
-
-
 def test_tables_values_published_and_inside_flag(tmp_path):
     runs = tmp_path / "runs" / "demo"
     # Reptile 5w1s, 3 seeds: non-transductive around 95.4 (published 95.39), transductive far off.

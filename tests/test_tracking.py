@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from reptile_tf import tables, tracking
+from reptile_tf import evaluate, rundir, tracking, train
+from reptile_tf.data.tasks import episode_source
+from reptile_tf.settings import settings_from_config
+from reptile_tf.stats import SeedResult, combine_seeds
 from reptile_tf.cli import main as cli_main
 from test_tables import make_run
 
@@ -340,7 +343,7 @@ def test_seeds_of_a_setting_are_children_of_one_run_holding_their_mean(store):
     assert {c.data.tags[tracking.PARENT_TAG] for c in children} == {parent.info.run_id}
     assert parent.data.tags["seeds"] == "0, 1, 2" and parent.info.run_name.startswith("omniglot_5w1s-reptile-")
     assert "seed" not in parent.data.params and parent.data.params["inner_lr"] == "0.001"
-    cell = tables.combine_seeds([tables.SeedResult(a, 0.5, 100) for a in accuracies.values()])
+    cell = combine_seeds([SeedResult(a, 0.5, 100) for a in accuracies.values()])
     assert parent.data.metrics["test_accuracy_transductive"] == pytest.approx(cell.mean) == pytest.approx(92.0)
     assert parent.data.metrics["test_ci95_transductive"] == pytest.approx(cell.ci95)
     assert parent.data.metrics["test_accuracy_non_transductive"] == pytest.approx(90.0)
@@ -438,14 +441,12 @@ def test_experiment_description_is_set_and_a_users_edit_is_kept(store):
 def evaluated_run(tmp_path_factory, omniglot_data_dir, omniglot_train_images):
     """A tiny trained and evaluated Reptile Omniglot 5-way 1-shot run. Evaluation minibatches of 2
     of the 5 support images make each task's adaptation depend on its seed (its index)."""
-    from reptile_tf import evaluate, train
-
     settings = train.resolve_settings("reptile", "omniglot", 5, 1,
                                       {"iterations": 10, "eval_inner_steps": 5, "eval_inner_batch": 2})
     run_dir = tmp_path_factory.mktemp("model") / "run"
     train.train(settings, 0, run_dir, train.RunOptions(log_every=5, checkpoint_every=10, val_every=0),
                 data_dir=omniglot_data_dir, progress=False, train_images=omniglot_train_images)
-    evaluate.evaluate_run(run_dir, evaluate.MODES, tasks=EPISODES, data_dir=omniglot_data_dir, progress=False)
+    evaluate.evaluate_run(run_dir, rundir.EVAL_MODES, tasks=EPISODES, data_dir=omniglot_data_dir, progress=False)
     return run_dir
 
 
@@ -456,8 +457,6 @@ def test_logged_model_loads_back_and_scores_episodes_as_evaluate_does(evaluated_
     import mlflow
     import numpy as np
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-
-    from reptile_tf import evaluate, train
 
     _, uri, _ = store
     info = tracking.track_run(evaluated_run, "model", uri)
@@ -471,14 +470,14 @@ def test_logged_model_loads_back_and_scores_episodes_as_evaluate_does(evaluated_
 
     with _use_tracking_uri(uri):
         model = mlflow.pyfunc.load_model(info["model_uri"])
-    config = json.loads((evaluated_run / "config.json").read_text())
-    settings = train.settings_from_config(config)
-    get_chunk, _ = evaluate.episode_source(settings, "test", EPISODES, omniglot_data_dir, config.get("protocol"))
+    config = rundir.read_config(evaluated_run)
+    settings = settings_from_config(config)
+    get_chunk, _ = episode_source(settings, "test", EPISODES, omniglot_data_dir, config.get("protocol"))
     episodes = {k: np.asarray(v) for k, v in get_chunk(0, EPISODES).items()}
     inputs = {"support_x": episodes["support_x"], "support_y": episodes["support_y"], "query_x": episodes["query_x"]}
     evaluation = json.loads((evaluated_run / "eval.json").read_text())
     queries = episodes["query_y"].shape[1]
-    for mode in evaluate.MODES:
+    for mode in rundir.EVAL_MODES:
         labels = model.predict(inputs, params={"mode": mode})
         assert labels.shape == episodes["query_y"].shape and labels.dtype == np.int64
         correct = (labels == episodes["query_y"]).sum(axis=1)

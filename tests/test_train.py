@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reptile_tf import cli, train
+from reptile_tf import cli, evaluate, io, rundir, run_state, scoring, train
+from reptile_tf.data.tasks import episode_source, make_task_source
 from reptile_tf.errors import UserError
-from reptile_tf.settings import paper_settings
+from reptile_tf.settings import paper_settings, settings_from_config
 
 # Sine settings that learn within a few hundred iterations (measured: MSE of the zero
 # predictor is ~4.2; after 500 iterations Reptile reached 0.72, FOMAML 2.0; MAML with its
@@ -33,12 +34,12 @@ def sine_settings(algorithm: str, iterations: int, **extra):
 
 
 def final_params(run_dir: Path) -> dict[str, np.ndarray]:
-    state, _ = train.load_run_state(run_dir, json.loads((run_dir / "config.json").read_text()))
+    state, _ = run_state.load_run_state(run_dir, rundir.read_config(run_dir))
     return {k: np.asarray(v) for k, v in state.items()}
 
 
 def metrics_without_time(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "wall_time"} for r in train.read_metrics(run_dir / "metrics.jsonl")]
+    return [{k: v for k, v in r.items() if k != "wall_time"} for r in rundir.read_metrics(run_dir)]
 
 
 def parse_train(argv: list[str]):
@@ -106,14 +107,6 @@ def test_task_seed_depends_on_seed_and_iteration_only():
     assert (a != np.asarray(train.task_seed(4, 7))).any()
 
 
-def test_fomaml_tail_takes_its_shots_out_of_the_training_shots():
-    fomaml = paper_settings("fomaml", "omniglot", 5, 1)
-    assert train.training_task_shape(fomaml) == (fomaml.train_shots - fomaml.tail_shots, fomaml.tail_shots)
-    assert train.training_task_shape(paper_settings("maml", "omniglot", 5, 1)) == (1, 1)
-    with pytest.raises(UserError, match="train_shots > tail_shots"):
-        train.training_task_shape(fomaml.replace(train_shots=5))
-
-
 def test_config_differences_name_the_keys_and_ignore_the_environment():
     old = {"seed": 0, "inner_lr": 0.1, "data": {"digest": "a"}, "environment": {"git_commit": "x"}}
     new = {"seed": 1, "inner_lr": 0.1, "data": {"digest": "b"}, "environment": {"git_commit": "y"}}
@@ -122,12 +115,12 @@ def test_config_differences_name_the_keys_and_ignore_the_environment():
 
 
 def test_metrics_are_trimmed_to_the_checkpoint_and_torn_lines_skipped(tmp_path):
-    path = tmp_path / "metrics.jsonl"
+    path = tmp_path / rundir.METRICS_FILE
     path.write_text("".join(json.dumps({"iteration": i, "loss": i / 10}) + "\n" for i in (10, 20, 30, 40))
                     + '{"iteration": 50, "lo')
-    assert [r["iteration"] for r in train.read_metrics(path)] == [10, 20, 30, 40]
-    train.trim_metrics(path, 20)
-    assert [r["iteration"] for r in train.read_metrics(path)] == [10, 20]
+    assert [r["iteration"] for r in rundir.read_metrics(tmp_path)] == [10, 20, 30, 40]
+    rundir.trim_metrics(tmp_path, 20)
+    assert [r["iteration"] for r in rundir.read_metrics(tmp_path)] == [10, 20]
     assert path.read_text().endswith("\n")
 
 
@@ -135,9 +128,9 @@ def test_the_step_is_traced_once():
     import tensorflow as tf
 
     settings = sine_settings("reptile", 5)
-    source = train.make_task_source(settings, None, "reptile")
-    model = train.build_model(settings)
-    variables = train.make_variables(train.initial_state(model, settings, 0), 0)
+    source = make_task_source(settings, None, "reptile")
+    model = run_state.build_model(settings)
+    variables = run_state.make_variables(run_state.initial_state(model, settings, 0), 0)
     step = train.build_step(model, settings, variables, source.sample, seed=0)
     for _ in range(3):
         step()
@@ -160,7 +153,7 @@ def test_sine_run_directory_is_complete_and_deterministic(tmp_path):
     assert config["xla"] is False and config["mixed_precision"] is False
     assert "validation" in config["data"]
     assert (first / "DONE").read_text().strip() == "40"
-    records = train.read_metrics(first / "metrics.jsonl")
+    records = rundir.read_metrics(first)
     assert [r["iteration"] for r in records] == [10, 20, 30, 40]
     assert all({"loss", "accuracy", "wall_time"} <= r.keys() for r in records)
     assert [r["iteration"] for r in records if "val_mse" in r] == [20, 40]
@@ -174,8 +167,8 @@ def test_sine_run_directory_is_complete_and_deterministic(tmp_path):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     assert metrics_without_time(first) == metrics_without_time(second)
     # Training moved the parameters away from the initialisation.
-    model = train.build_model(settings)
-    init = train.initial_state(model, settings, 5)
+    model = run_state.build_model(settings)
+    init = run_state.initial_state(model, settings, 5)
     assert not np.allclose(np.asarray(init["params/dense0/kernel"]), a["params/dense0/kernel"])
 
     # A finished run is not retrained; a different request for the same directory is refused.
@@ -205,7 +198,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
     _, err = proc.communicate()
     assert proc.returncode == -signal.SIGKILL, f"run ended before it could be killed: {err.decode()[-2000:]}"
     assert not (killed / "DONE").exists()
-    checkpointed = int(Path(train.latest_checkpoint(killed)).name.split("-")[1])
+    checkpointed = rundir.latest_checkpoint_iteration(killed)
     assert 0 < checkpointed < iterations
 
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -238,7 +231,7 @@ def test_checkpoint_of_another_model_shape_is_a_user_error(tmp_path):
     config = json.loads((run / "config.json").read_text())
     wrong = dict(config, dataset="omniglot", ways=5, shots=1)  # conv net variables vs MLP checkpoint
     with pytest.raises(UserError, match="does not match"):
-        train.load_run_state(run, wrong)
+        run_state.load_run_state(run, wrong)
 
 
 def test_impossible_tasks_are_user_errors(tmp_path):
@@ -263,18 +256,16 @@ def test_cli_train_reports_user_errors_with_exit_code_2(tmp_path, capsys):
 
 @pytest.mark.parametrize("algorithm", ["reptile", "fomaml", "maml"])
 def test_every_algorithm_learns_sine(tmp_path, algorithm):
-    from reptile_tf import evaluate
-
     iterations = {"reptile": 300, "fomaml": 300, "maml": 400}[algorithm]
     run = train.train(sine_settings(algorithm, iterations), 0, tmp_path / "run",
                       train.RunOptions(log_every=50, checkpoint_every=iterations, val_every=0), progress=False)
     result = evaluate.evaluate_run(run, ("transductive",), tasks=200, progress=False)["transductive"]
     # Baseline: the initialisation adapted in the same way on the same 200 tasks.
-    settings = train.settings_from_config(json.loads((run / "config.json").read_text()))
-    model = train.build_model(settings)
-    get_chunk, _ = evaluate.episode_source(settings, "test", 200, None, None)
-    untrained = evaluate.score_episodes(model, settings, train.initial_state(model, settings, 0), get_chunk(0, 200),
-                                        "transductive", chunk_size=200).mean()
+    settings = settings_from_config(rundir.read_config(run))
+    model = run_state.build_model(settings)
+    get_chunk, _ = episode_source(settings, "test", 200, None, None)
+    untrained = scoring.score_episodes(model, settings, run_state.initial_state(model, settings, 0), get_chunk(0, 200),
+                                       "transductive", chunk_size=200).mean()
     # Measured (seed 0, 200 tasks): untrained 4.72 (Reptile/FOMAML), 4.31 (MAML);
     # trained 0.85 (Reptile), 2.51 (FOMAML), 2.14 (MAML).
     assert result["metric"] == "mse" and "accuracy" not in result
@@ -296,31 +287,29 @@ LEARNING_RUNS = {
 @pytest.mark.parametrize("algorithm", sorted(LEARNING_RUNS))
 def test_every_algorithm_learns_omniglot(algorithm, tmp_path, omniglot_data_dir, omniglot_train_images):
     """Real Omniglot 5-way 1-shot, paper hyperparameters with a short budget, held-out test tasks."""
-    from reptile_tf import evaluate
-
     overrides, threshold = LEARNING_RUNS[algorithm]
     settings = train.resolve_settings(algorithm, "omniglot", 5, 1, overrides)
     iterations = overrides["iterations"]
     options = train.RunOptions(log_every=10, checkpoint_every=iterations, val_every=iterations, val_tasks=10)
     run = train.train(settings, 0, tmp_path / "run", options, data_dir=omniglot_data_dir, progress=False,
                       train_images=omniglot_train_images)
-    records = train.read_metrics(run / "metrics.jsonl")
+    records = rundir.read_metrics(run)
     assert [r["iteration"] for r in records if "val_accuracy" in r] == [iterations]
-    assert 0.0 <= records[-1]["val_accuracy"] <= 1.0
+    stored = json.loads((run / rundir.METRICS_FILE).read_text().splitlines()[-1])
+    assert 0.0 <= stored["val_accuracy"] <= 1.0  # a fraction in the file; the reader gives percent
+    assert records[-1]["val_accuracy"] == rundir.to_percent(stored["val_accuracy"])
     result = evaluate.evaluate_run(run, ("transductive",), tasks=40, progress=False)["transductive"]
     assert result["accuracy"] > threshold, result
 
 
 def test_a_resume_on_another_machine_is_recorded_once(tmp_path):
-    from reptile_tf import io
-
     env = {"git_commit": "a", "cpu_model": "EPYC", "cpu_class": "avx512", "onednn": True, "conv_path": "grouped",
            "device": "CPU", "tensorflow": "2.21.0", "data_dir": "/x"}
-    io.write_json_atomic(tmp_path / train.CONFIG_FILE, {"algorithm": "reptile", "environment": env})
+    io.write_json_atomic(tmp_path / rundir.CONFIG_FILE, {"algorithm": "reptile", "environment": env})
     train.record_resume(tmp_path, 500, dict(env, data_dir="/elsewhere"))  # same machine: nothing to add
-    assert "resumed" not in io.read_json(tmp_path / train.CONFIG_FILE)["environment"]
+    assert "resumed" not in io.read_json(tmp_path / rundir.CONFIG_FILE)["environment"]
     zen3 = dict(env, cpu_class="avx2", onednn=False, conv_path="split")
     train.record_resume(tmp_path, 1000, zen3)
     train.record_resume(tmp_path, 1500, zen3)  # again on that machine: still one entry
-    resumed = io.read_json(tmp_path / train.CONFIG_FILE)["environment"]["resumed"]
+    resumed = io.read_json(tmp_path / rundir.CONFIG_FILE)["environment"]["resumed"]
     assert [(r["from_iteration"], r["cpu_class"], r["conv_path"]) for r in resumed] == [(1000, "avx2", "split")]

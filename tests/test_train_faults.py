@@ -13,7 +13,6 @@ skipped elsewhere) or mode bits (non-root).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import resource
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reptile_tf import cli, evaluate, io, train
+from reptile_tf import cli, io, rundir, run_state, train
 from reptile_tf.errors import UserError
 
 SINE = ["--algorithm", "reptile", "--dataset", "sine", "--ways", "1", "--shots", "10", "--seed", "0",
@@ -39,12 +38,12 @@ def sine(iterations: int = 40, **overrides) -> train.Settings:
 
 
 def state_of(run_dir: Path) -> dict[str, np.ndarray]:
-    state, _ = train.load_run_state(run_dir, json.loads((run_dir / "config.json").read_text()))
+    state, _ = run_state.load_run_state(run_dir, rundir.read_config(run_dir))
     return {k: np.asarray(v) for k, v in state.items()}
 
 
 def metrics_without_time(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "wall_time"} for r in train.read_metrics(run_dir / "metrics.jsonl")]
+    return [{k: v for k, v in r.items() if k != "wall_time"} for r in rundir.read_metrics(run_dir)]
 
 
 def run_cli(args: list[str], limit_file_bytes: int | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -113,16 +112,6 @@ def test_non_finite_float_arguments_are_refused_before_anything_is_written(tmp_p
     assert not out.exists()
 
 
-def test_settings_problems_name_each_field_once():
-    settings = train.paper_settings("reptile", "omniglot", 5, 1).replace(
-        inner_lr=float("nan"), meta_batch=0, adam_beta1=1.0, inner_optimizer="rmsprop")
-    fields = [field for field, _ in train.settings_problems(settings)]
-    assert sorted(fields) == ["adam_beta1", "inner_lr", "inner_optimizer", "meta_batch"]
-    assert train.settings_problems(train.paper_settings("maml", "mini_imagenet", 5, 5)) == []
-    wrong_type = train.paper_settings("maml", "omniglot", 5, 1).replace(inner_lr="0.4")
-    assert train.settings_problems(wrong_type) == [("inner_lr", "inner_lr='0.4' must be a number")]
-
-
 def test_exploding_loss_stops_at_once_with_a_one_line_diagnosis(tmp_path, capsys):
     """`--inner-lr 1e8` used to run to the end: exit 0, DONE, a loss of 1e17 or NaN."""
     out = tmp_path / "run"
@@ -133,8 +122,8 @@ def test_exploding_loss_stops_at_once_with_a_one_line_diagnosis(tmp_path, capsys
     [line] = error_lines(err)
     assert "training diverged at iteration 1:" in line and "training loss" in line
     assert "lower --inner-lr (now 1e+08" in line
-    assert not (out / "DONE").exists() and train.latest_checkpoint(out) is None
-    assert train.read_metrics(out / "metrics.jsonl") == []
+    assert not (out / "DONE").exists() and rundir.latest_checkpoint(out) is None
+    assert rundir.read_metrics(out) == []
 
 
 def test_divergence_keeps_the_last_good_checkpoint_and_never_saves_a_bad_one(tmp_path):
@@ -151,9 +140,9 @@ def test_divergence_keeps_the_last_good_checkpoint_and_never_saves_a_bad_one(tmp
     assert f"the last good checkpoint (iteration {diverged - 1}) is kept" in message
     run = tmp_path / "run"
     assert not (run / "DONE").exists()
-    assert Path(train.latest_checkpoint(run)).name == f"ckpt-{diverged - 1}"
+    assert rundir.latest_checkpoint(run).name == f"ckpt-{diverged - 1}"
     assert all(np.isfinite(value).all() for value in state_of(run).values())
-    records = train.read_metrics(run / "metrics.jsonl")
+    records = rundir.read_metrics(run)
     assert [r["iteration"] for r in records] == list(range(1, diverged))
     assert all(abs(r["loss"]) <= train.LOSS_LIMIT for r in records)
 
@@ -243,7 +232,7 @@ def test_failed_checkpoint_write_is_one_line_leaves_no_temp_and_resumes_exactly(
     assert "cannot write checkpoint 20" in line and "File too large" in line and "resume from the start" in line
     assert not (run / "DONE").exists()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == []  # no ckpt-20_temp, no partial files
-    assert [r["iteration"] for r in train.read_metrics(run / "metrics.jsonl")] == [10, 20]  # ahead of any checkpoint
+    assert [r["iteration"] for r in rundir.read_metrics(run)] == [10, 20]  # ahead of any checkpoint
 
     resumed = run_cli(args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -288,7 +277,7 @@ def test_stale_checkpoint_leftovers_are_removed_on_resume(tmp_path):
     train.train(settings, 0, run, QUIET, progress=False)  # resumes at 40 of 40: cleans, writes DONE
     assert (run / "DONE").exists()
     assert sorted(p.name for p in ckpt.iterdir() if p.name != "checkpoint") == listed
-    assert train.clean_checkpoint_dir(run) == []
+    assert run_state.clean_checkpoint_dir(run) == []
 
 
 def test_evaluate_into_a_read_only_run_dir_fails_before_scoring(tmp_path, read_only_dir, capsys):
@@ -299,4 +288,4 @@ def test_evaluate_into_a_read_only_run_dir_fails_before_scoring(tmp_path, read_o
     assert cli.main(["evaluate", str(run), "--tasks", "5", "--no-progress"]) == 2
     [line] = error_lines(capsys.readouterr().err, "evaluate")
     assert f"RUN_DIR {run}: cannot write in {run}" in line
-    assert not (run / evaluate.EVAL_FILE).exists()
+    assert not (run / rundir.EVAL_FILE).exists()

@@ -29,9 +29,15 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
+def venv_on_path() -> dict[str, str]:
+    """This environment with the virtualenv's bin/ first on PATH, as `make` runs Snakemake: the
+    rules call `reptile-tf`."""
+    return dict(os.environ, PATH=f"{SNAKEMAKE.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
 def snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([str(SNAKEMAKE), "--cores", "2", *args], cwd=workdir, capture_output=True, text=True,
-                          env=env or dict(os.environ), timeout=300)
+                          env=env or venv_on_path(), timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +67,17 @@ def _job_count(out: str, rule: str) -> int:
         if len(parts) == 2 and parts[0] == rule and parts[1].isdigit():
             return int(parts[1])
     return 0
+
+
+def test_missing_reptile_tf_fails_before_any_job_naming_the_fix(workdir, tmp_path):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    env = dict(os.environ, PATH=f"{empty}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    result = snakemake(workdir, "-n", "--configfile", "workflow/config/smoke.yaml", env=env)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out[-3000:]
+    assert "`reptile-tf` is not on PATH" in out and ".venv/bin/activate" in out, out[-3000:]
+    assert "Job stats" not in out
 
 
 def test_quick_preset_has_the_full_grid():
@@ -176,15 +193,16 @@ def test_override_check_and_cli_accept_the_same_values():
     check accepts exactly what `reptile-tf train --flag VALUE` parses (finite numbers only)."""
     import math
 
-    from reptile_tf import cli, train
+    from reptile_tf import cli
     from reptile_tf.errors import UserError
+    from reptile_tf.settings import flag_fields, override_value
 
     parser = cli.build_parser(only="train")
     required = ["train", "--algorithm", "reptile", "--dataset", "omniglot", "--ways", "5", "--shots", "1",
                 "--seed", "0"]
     values = [5, 0.5, "1e-3", "abc", True, False, "adam", -2, float("inf")]
-    assert "inner_lr" in train.flag_fields() and "algorithm" not in train.flag_fields()
-    for name in train.flag_fields():
+    assert "inner_lr" in flag_fields() and "algorithm" not in flag_fields()
+    for name in flag_fields():
         dashed = "--" + name.replace("_", "-")
         for value in values:
             if isinstance(value, bool):  # common.smk `flag`: booleans become --name / --no-name
@@ -193,12 +211,12 @@ def test_override_check_and_cli_accept_the_same_values():
                 argv = [f"{dashed}={value}"]
             try:
                 parsed = getattr(parser.parse_args([*required, *argv]), name)
-                # argparse takes inf; `train` refuses it (settings_problems), so the check does too
+                # argparse takes inf; `train` refuses it (Settings.problems), so the check does too
                 cli_ok = not isinstance(parsed, float) or math.isfinite(parsed)
             except SystemExit:
                 cli_ok = False
             try:
-                train.override_value(name, value)
+                override_value(name, value)
                 check_ok = True
             except UserError:
                 check_ok = False
@@ -307,7 +325,7 @@ def test_stub_pipeline_runs_then_rerun_has_nothing_to_do(tmp_path):
     assert any(c.startswith("track --init --experiment smoke --tracking-uri sqlite:///results/mlflow/mlflow.db")
                for c in calls)
     assert "theory --budget smoke --data-dir data/tfds --out results/theory" in calls
-    assert "bench --quick --out results/benchmarks" in calls
+    assert "bench --quick --skip peers --out results/benchmarks" in calls
     # every rule wrote its log path
     assert (workdir / "logs/smoke/train/omniglot_5w1s_maml_seed0.log").exists()
 

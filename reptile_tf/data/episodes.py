@@ -30,17 +30,18 @@ from typing import Any
 
 import numpy as np
 
+from reptile_tf import datasets as registry
+from reptile_tf.data import prepare as prep
+from reptile_tf.data.omniglot import DEFAULT_RESIZE_FILTER
 from reptile_tf.errors import UserError
 from reptile_tf.io import atomic_path, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PROTOCOL = {"omniglot": "reptile", "mini_imagenet": "ravi"}
-SPLITS = {
-    ("omniglot", "reptile"): ("train", "test"),
-    ("omniglot", "vinyals"): ("train", "val", "test", "trainval"),
-    ("mini_imagenet", "ravi"): ("train", "val", "test"),
-}
+# The split protocols of the datasets with files (reptile_tf.datasets).
+DEFAULT_PROTOCOL = {name: registry.DATASETS[name].default_protocol for name in registry.FETCHED}
+SPLITS = {(name, protocol): splits for name in registry.FETCHED
+          for protocol, splits in registry.DATASETS[name].protocols.items()}
 CACHE_DIRNAME = "reptile_tf_cache"
 # Reptile protocol (official supervised-reptile code, docs/reference.md): sorted characters,
 # random.Random(0).shuffle, first 1,200 train x 4 rotations, the other 423 test.
@@ -111,8 +112,6 @@ def rotated_classes(base: np.ndarray, classes: list[tuple[int, int]]) -> np.ndar
 # --------------------------------------------------------------------------- loading
 
 def _builder(dataset: str, data_dir: str | os.PathLike):
-    from reptile_tf.data import prepare as prep
-
     builder = prep.get_builder(dataset, data_dir)
     if not prep.is_prepared(builder):
         raise UserError(f"{dataset} is not prepared in {data_dir}; run `{prep.prepare_command(dataset, data_dir)}`")
@@ -205,8 +204,6 @@ def omniglot_base(data_dir: str | os.PathLike) -> tuple[np.ndarray, list[str], d
 
 def omniglot_resize_filter(data_dir: str | os.PathLike) -> str:
     """The resize filter the Omniglot in `data_dir` was prepared with (`reptile-tf prepare --resize-filter`)."""
-    from reptile_tf.data.omniglot import DEFAULT_RESIZE_FILTER
-
     return (_builder("omniglot", data_dir).info.metadata or {}).get("resize_filter", DEFAULT_RESIZE_FILTER)
 
 

@@ -20,12 +20,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from reptile_tf import datasets as registry
+from reptile_tf.data import mini_imagenet, omniglot
 from reptile_tf.errors import UserError
 from reptile_tf.progress import Progress, cli_mode, format_duration, resolve_mode
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("omniglot", "mini_imagenet")
+DATASETS = registry.FETCHED
 DEFAULT_DATA_DIR = Path("data/tfds")
 
 
@@ -40,15 +42,10 @@ def prepare_command(dataset: str, data_dir: str | os.PathLike) -> str:
 
 def builder_class(dataset: str):
     """The TFDS builder class of `dataset` (imports TensorFlow Datasets)."""
+    registry.get(dataset, among=DATASETS)
     if dataset == "omniglot":
-        from reptile_tf.data.omniglot import Omniglot
-
-        return Omniglot
-    if dataset == "mini_imagenet":
-        from reptile_tf.data.mini_imagenet import MiniImagenet
-
-        return MiniImagenet
-    raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+        return omniglot.Omniglot
+    return mini_imagenet.MiniImagenet
 
 
 def get_builder(dataset: str, data_dir: str | os.PathLike):
@@ -63,11 +60,7 @@ def is_prepared(builder) -> bool:
 def missing_raw_files(dataset: str, raw_dir: Path) -> list[str]:
     """Raw files the builder needs that are absent from `raw_dir` (empty = all present)."""
     if dataset == "omniglot":
-        from reptile_tf.data import omniglot
-
         return [str(p) for p in omniglot.raw_files(raw_dir) if not p.is_file()]
-    from reptile_tf.data import mini_imagenet
-
     missing = [str(mini_imagenet.csv_path(raw_dir, s)) for s in mini_imagenet.SPLITS
                if not mini_imagenet.csv_path(raw_dir, s).is_file()]
     has_images = (raw_dir / "images").is_dir() or any((raw_dir / a).is_file() for a in mini_imagenet.ARCHIVES)
@@ -89,15 +82,12 @@ def prepare(dataset: str, raw_dir: str | os.PathLike, data_dir: str | os.PathLik
     temporary directory and renames it at the end, so an interrupted build leaves no
     half-built dataset behind.
     """
-    if dataset not in DATASETS:
-        raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    registry.get(dataset, among=DATASETS)
     raw_dir = Path(raw_dir)
     builder = get_builder(dataset, data_dir)
     if resize_filter is not None:
         if dataset != "omniglot":
             raise UserError("--resize-filter applies to omniglot only")
-        from reptile_tf.data import omniglot
-
         if resize_filter not in omniglot.RESIZE_FILTERS:
             raise UserError(f"unknown resize filter {resize_filter!r}; choose one of {', '.join(omniglot.RESIZE_FILTERS)}")
         recorded = (builder.info.metadata or {}).get("resize_filter", omniglot.DEFAULT_RESIZE_FILTER) \

@@ -7,9 +7,23 @@ coefficients.csv, manifold.csv, gradient_combinations.csv, PNG plots and README.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 from pathlib import Path
+
+# Before TensorFlow is first imported (by the modules below): its C++ INFO and WARNING lines
+# would drown the progress lines.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from reptile_tf.data.episodes import load_split  # noqa: E402
+from reptile_tf.errors import UserError  # noqa: E402
+from reptile_tf.theory import combinations, report  # noqa: E402
+from reptile_tf.theory.budgets import Budget, get_budget  # noqa: E402
+from reptile_tf.theory.coefficients import coefficient_rows, collect_samples  # noqa: E402
+from reptile_tf.theory.manifold import manifold_rows, sample_regression_tasks, stable_lr  # noqa: E402
+from reptile_tf.theory.problems import omniglot_problem, toy_regression_problem  # noqa: E402
+from reptile_tf.theory.taylor import taylor_residuals  # noqa: E402
 
 PARTS = ("taylor", "coefficients", "manifold", "combinations")
 
@@ -31,8 +45,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_parts(text: str) -> tuple[str, ...]:
-    from reptile_tf.errors import UserError
-
     parts = tuple(p.strip() for p in text.split(",") if p.strip())
     unknown = sorted(set(parts) - set(PARTS))
     if unknown or not parts:
@@ -52,19 +64,13 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def _load_omniglot(data_dir: str, split: str):
-    from reptile_tf.data.episodes import load_split
-    from reptile_tf.errors import UserError
-
     if not Path(data_dir).is_dir():
         raise UserError(f"no prepared data in {data_dir}; run `reptile-tf fetch omniglot` and `reptile-tf prepare "
                         "omniglot` first, pass --data-dir, or use --synthetic-only")
     return load_split("omniglot", split, data_dir)
 
 
-def run_taylor(budget, seed: int, data_dir: str | None) -> list[dict]:
-    from reptile_tf.theory.problems import omniglot_problem, toy_regression_problem
-    from reptile_tf.theory.taylor import taylor_residuals
-
+def run_taylor(budget: Budget, seed: int, data_dir: str | None) -> list[dict]:
     rows = []
     toy = toy_regression_problem(seed)
     for k in (2, 3, 4):
@@ -79,10 +85,7 @@ def run_taylor(budget, seed: int, data_dir: str | None) -> list[dict]:
     return rows
 
 
-def run_coefficients(budget, seed: int) -> list[dict]:
-    from reptile_tf.theory.coefficients import coefficient_rows, collect_samples
-    from reptile_tf.theory.problems import toy_regression_problem
-
+def run_coefficients(budget: Budget, seed: int) -> list[dict]:
     toy = toy_regression_problem(seed)
     rows = []
     for k in (2, 3, 4):
@@ -91,27 +94,17 @@ def run_coefficients(budget, seed: int) -> list[dict]:
     return rows
 
 
-def run_manifold(budget, seed: int) -> list[dict]:
-    from reptile_tf.theory.manifold import manifold_rows, sample_regression_tasks, stable_lr
-
+def run_manifold(budget: Budget, seed: int) -> list[dict]:
     tasks = sample_regression_tasks(seed=seed)
     return manifold_rows(tasks, list(budget.manifold_ks), stable_lr(tasks), budget.manifold_iterations)
 
 
-def run_combinations(budget, seed: int, data_dir: str) -> list[dict]:
-    import dataclasses
-
-    from reptile_tf.theory.combinations import run_combinations as run
-
+def run_combinations(budget: Budget, seed: int, data_dir: str) -> list[dict]:
     cfg = dataclasses.replace(budget.combinations, seed=seed)
-    return run(_load_omniglot(data_dir, "train"), _load_omniglot(data_dir, "test"), cfg)
+    return combinations.run_combinations(_load_omniglot(data_dir, "train"), _load_omniglot(data_dir, "test"), cfg)
 
 
 def main(args: argparse.Namespace) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from reptile_tf.theory import report
-    from reptile_tf.theory.budgets import get_budget
-
     budget = get_budget(args.budget)
     parts = parse_parts(args.parts)
     out = Path(args.out)

@@ -19,7 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from reptile_tf.data.episodes import make_eval_episodes, sample_tasks
 from reptile_tf.errors import UserError
+from reptile_tf.meta import InnerConfig, adapt, inner_loop, make_inner_batches, predict
+from reptile_tf.models import Model, broadcast_params, get_model
+from reptile_tf.settings import Settings, paper_settings
 
 COMBINATIONS = ("g1", "gk", "sum", "mean")
 
@@ -66,19 +70,13 @@ def runs(cfg: CombinationConfig) -> list[tuple[str, int]]:
     return [("g1", 1)] + [(c, k) for k in cfg.ks for c in COMBINATIONS if c != "g1"]
 
 
-def _eval_settings(cfg: CombinationConfig):
-    from reptile_tf.settings import paper_settings
-
+def _eval_settings(cfg: CombinationConfig) -> Settings:
     return paper_settings("reptile", "omniglot", cfg.ways, cfg.shots).replace(
         inner_optimizer="sgd", inner_lr=cfg.inner_lr, eval_inner_steps=cfg.eval_inner_steps, eval_inner_batch=0)
 
 
-def make_train_step(model, train_images, k: int, cfg: CombinationConfig):
+def make_train_step(model: Model, train_images: tf.Tensor, k: int, cfg: CombinationConfig):
     """A compiled outer step for k inner steps; the combination is a weight tensor (one trace per k)."""
-    from reptile_tf.data.episodes import sample_tasks
-    from reptile_tf.meta import InnerConfig, inner_loop, make_inner_batches
-    from reptile_tf.models import broadcast_params
-
     inner = InnerConfig(optimizer="sgd", lr=cfg.inner_lr)
     outer_lr = cfg.inner_lr if cfg.outer_lr is None else cfg.outer_lr
 
@@ -99,10 +97,8 @@ def make_train_step(model, train_images, k: int, cfg: CombinationConfig):
     return train_step
 
 
-def make_evaluate(model, eval_batch: dict, cfg: CombinationConfig):
+def make_evaluate(model: Model, eval_batch: dict, cfg: CombinationConfig):
     """Compiled held-out accuracy of an initialisation: adapt on each support set, score the queries."""
-    from reptile_tf.meta import adapt, predict
-
     settings = _eval_settings(cfg)
 
     @tf.function
@@ -131,9 +127,6 @@ def train_curve(model, train_step, evaluate, combination: str, k: int, cfg: Comb
 
 def run_combinations(train_images, test_images, cfg: CombinationConfig) -> list[dict]:
     """All learning curves; rows: combination, k, label, iteration, accuracy (held-out, %), wall_time."""
-    from reptile_tf.data.episodes import make_eval_episodes
-    from reptile_tf.models import get_model
-
     model = get_model("omniglot", cfg.ways)
     episodes = make_eval_episodes(int(test_images.shape[0]), int(test_images.shape[1]), cfg.ways, cfg.shots,
                                   cfg.eval_queries, cfg.seed, cfg.eval_tasks, name="omniglot/test")

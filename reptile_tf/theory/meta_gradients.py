@@ -30,21 +30,22 @@ import dataclasses
 
 import tensorflow as tf
 
+from reptile_tf import meta
+from reptile_tf.models import Model
+from reptile_tf.settings import Settings, paper_settings
 from reptile_tf.theory.autodiff import ALGORITHMS
 from reptile_tf.theory.problems import Problem
 
 
-def algorithm_settings(algorithm: str, steps: int, alpha):
+def algorithm_settings(algorithm: str, steps: int, alpha) -> Settings:
     """Settings of one theory outer step: plain SGD inner loop with step `alpha` (number or tensor),
     `steps` support steps, no tail, mean loss; outer update with step 1 (MAML: SGD outer optimizer)."""
-    from reptile_tf.settings import paper_settings
-
     return paper_settings(algorithm, "sine", 1, 10).replace(
         inner_optimizer="sgd", inner_lr=alpha, inner_steps=max(1, steps), inner_batch=0, outer_optimizer="sgd",
         outer_lr=1.0, first_order=False, tail_shots=0, loss_reduction="mean", inner_adam_mode="parallel_mean")
 
 
-def displaced(model, params: dict[str, tf.Tensor]):
+def displaced(model: Model, params: dict[str, tf.Tensor]) -> Model:
     """`model` reparametrised around `params`: apply(delta, x) = model.apply(params + delta, x)."""
 
     def apply(delta, x, compute_dtype=None):
@@ -59,8 +60,6 @@ def outer_step_gradient(problem: Problem, algorithm: str, xs: tf.Tensor, ys: tf.
 
     xs `[T, k, B, ...]`, ys `[T, k, B, ...]`; alpha: the inner SGD step (number or scalar tensor).
     """
-    from reptile_tf import meta
-
     k = xs.shape[1]
     model = displaced(problem.model, problem.params)
     zero = {name: tf.zeros_like(value) for name, value in problem.params.items()}

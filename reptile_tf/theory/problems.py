@@ -23,8 +23,10 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from reptile_tf import models
+from reptile_tf.data import episodes
 from reptile_tf.errors import UserError
-from reptile_tf.models import Model, regression_accuracy
+from reptile_tf.models import Model, get_model, regression_accuracy
 from reptile_tf.theory.autodiff import LossFn
 
 # (seed, num_tasks, k) -> (xs [num_tasks, k, B, ...], ys [num_tasks, k, B, ...])
@@ -138,8 +140,6 @@ def omniglot_forward_softplus(params: dict[str, tf.Tensor], x: tf.Tensor, comput
     The expansion assumes a twice-differentiable loss; with ReLU the loss is smooth only
     between kinks (until a step moves some pre-activation across zero).
     """
-    from reptile_tf import models
-
     out = x
     for block in range(4):
         out = models.batched_conv3x3(out, params[f"conv{block}/kernel"], 2)
@@ -162,9 +162,6 @@ def omniglot_problem(images: tf.Tensor, seed: int = 0, ways: int = 5, batch: int
     norm uses each minibatch's statistics, so each L_i is a fixed function of phi.
     variant: "models" = `reptile_tf.models` apply as is; "softplus" = `omniglot_forward_softplus`.
     """
-    from reptile_tf.data import episodes
-    from reptile_tf.models import get_model
-
     if batch % ways:
         raise UserError(f"minibatch size {batch} must be a multiple of ways={ways}")
     if variant not in OMNIGLOT_VARIANTS:

@@ -9,6 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from reptile_tf.io import atomic_path, write_text_atomic
+from reptile_tf.theory.budgets import Budget
+from reptile_tf.theory.coefficients import ratio_ordering_holds
+from reptile_tf.theory.combinations import final_accuracies
+from reptile_tf.theory.taylor import slope_matches, summarize_slopes
 
 # |slope - 2| within this counts as "second-order residual" in the README's verdict column
 # (the toy network measures within 0.04 of 2, the smooth Omniglot twin within 0.01).
@@ -130,8 +134,6 @@ def _markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 
 
 def taylor_summary(residual_rows: list[dict]) -> list[dict]:
-    from reptile_tf.theory.taylor import slope_matches, summarize_slopes
-
     summary = summarize_slopes(residual_rows)
     for row in summary:
         row["second_order"] = slope_matches(row["slope"], 2.0, SLOPE_TOLERANCE)
@@ -139,7 +141,7 @@ def taylor_summary(residual_rows: list[dict]) -> list[dict]:
     return summary
 
 
-def readme_text(results: dict, timings: dict, command: str, runtime: float, budget) -> str:
+def readme_text(results: dict, timings: dict, command: str, runtime: float, budget: Budget) -> str:
     parts = [f"# Theory checks (Reptile paper, sections 5 and 6.2)\n",
              f"Produced by:\n\n```\n{command}\n```\n",
              f"Runtime: {runtime:.0f} s on this machine (" +
@@ -159,8 +161,6 @@ def readme_text(results: dict, timings: dict, command: str, runtime: float, budg
                          ("control ~ 1", "zeroth_order_control")]) + "\n\n" + TAYLOR_NOTES)
     if "coefficients" in results:
         rows = results["coefficients"]
-        from reptile_tf.theory.coefficients import ratio_ordering_holds
-
         pairs = sorted({(r["k"], r["alpha"]) for r in rows})
         ordering = [f"k={k}, alpha={a:g}: {'yes' if ratio_ordering_holds(rows, k, a) else 'NO'}" for k, a in pairs]
         breakdown = {}
@@ -198,8 +198,6 @@ def readme_text(results: dict, timings: dict, command: str, runtime: float, budg
                                    ("relative", "relative_distance"),
                                    ("exact fixed point distance", "fixed_point_distance_to_minimiser")]) + "\n")
     if "combinations" in results:
-        from reptile_tf.theory.combinations import final_accuracies
-
         rows = results["combinations"]
         final = final_accuracies(rows)
         cfg = budget.combinations
@@ -233,7 +231,7 @@ algorithm on the real network. `models.py` now centres the variance on the live 
 """
 
 
-def write_all(out: Path, results: dict, timings: dict, command: str, runtime: float, budget) -> None:
+def write_all(out: Path, results: dict, timings: dict, command: str, runtime: float, budget: Budget) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if "taylor" in results:
         write_text_atomic(out / "taylor_residuals.csv", rows_to_csv(results["taylor"]))

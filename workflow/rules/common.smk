@@ -1,21 +1,22 @@
 # Paths, the job grid and input functions shared by the rules. Everything is derived from the
 # validated config; nothing here runs a job.
+import importlib
 import os
 import shutil
 import sys
 
 from snakemake.exceptions import WorkflowError
+from snakemake.settings.types import DeploymentMethod
 
-
-
-envvars:
-    "PATH",
-
-
-# Rules call `reptile-tf`. When it is not on PATH (e.g. `.venv/bin/snakemake` run without an
-# activated venv), use the one installed beside the Python running this snakemake.
-if shutil.which("reptile-tf") is None:
-    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+# Every rule calls `reptile-tf`, found on the PATH Snakemake runs with (SLURM jobs inherit it).
+# With `--sdm conda` each job's own environment brings it instead.
+if (shutil.which("reptile-tf") is None
+        and DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method):
+    raise WorkflowError(
+        "`reptile-tf` is not on PATH, and every rule of this workflow calls it. Activate the project's "
+        "virtualenv (`. .venv/bin/activate`), run the pipeline through make (`make reproduce`, `make smoke`), "
+        "or put the virtualenv first on PATH: `PATH=$PWD/.venv/bin:$PATH snakemake ...`."
+    )
 
 PRESET = config["preset"]
 RUNS = f"{config['runs_dir']}/{PRESET}"
@@ -37,8 +38,28 @@ SETTINGS = config["grid"]["settings"]
 DATASETS = sorted({s["dataset"] for s in SETTINGS})
 
 
+
+def _import_reptile_tf(module):
+    """reptile_tf.<module>, imported without leaving the package's environment defaults (oneDNN,
+    inter-op threads: reptile_tf/__init__.py) in the environment the jobs inherit: a job then
+    records the oneDNN choice as the package's, not as the user's."""
+    before = dict(os.environ)
+    try:
+        try:
+            return importlib.import_module(f"reptile_tf.{module}")
+        except ImportError:  # a checkout whose package is not installed in this Python
+            sys.path.insert(0, workflow.basedir)
+            return importlib.import_module(f"reptile_tf.{module}")
+    finally:
+        for name in set(os.environ) - set(before):
+            del os.environ[name]
+        for name, value in before.items():
+            if os.environ.get(name) != value:
+                os.environ[name] = value
+
+
 wildcard_constraints:
-    dataset="omniglot|mini_imagenet",
+    dataset=_import_reptile_tf("datasets").wildcard_pattern(),
     ways=r"\d+",
     shots=r"\d+",
     algorithm="reptile|fomaml|maml",
@@ -136,8 +157,17 @@ def parent_of_input(wildcards, input):
     return os.path.dirname(input[0])
 
 
-def resource(rule_name, key, default):
-    return (config["resources"].get(rule_name) or {}).get(key, default)
+def resource(rule_name, key):
+    """`resources.<rule_name>.<key>` of the preset: threads, mem_mb, runtime (minutes) or gpu.
+
+    config.yaml, the base of every preset, sets each rule's; a preset overrides some. They belong
+    to the preset, not to a Snakemake profile: they differ between presets (a profile is chosen
+    independently of --configfile, and `snakemake --cores all --configfile ...` uses none), and
+    `threads` sizes each job's TensorFlow intra-op pool (TF_NUM_INTRAOP_THREADS), part of how a
+    committed reference run was made. A profile still overrides them for a site (`set-threads`,
+    `set-resources`; workflow/profiles/slurm).
+    """
+    return config["resources"][rule_name][key]
 
 
 def tfds_root(dataset):
@@ -221,27 +251,14 @@ def all_targets():
 # ------------------------------------------------------------------ overrides, checked at load
 
 # The schema only says `overrides` maps names to scalars; which names and values `reptile-tf
-# train` accepts comes from its own Settings table (reptile_tf.train), asked here before any
+# train` accepts comes from its own Settings table (reptile_tf.settings), asked here before any
 # job is planned, so a typo or a bad value fails `snakemake -n` instead of a training job, and
 # the config and the CLI cannot drift apart.
 
 
 def _settings_table():
-    """reptile_tf.train, imported without leaving its oneDNN default in the jobs' environment."""
-    variable = "TF_ENABLE_ONEDNN_OPTS"
-    before = os.environ.get(variable)
-    try:
-        try:
-            from reptile_tf import train
-        except ImportError:  # a checkout whose package is not installed in this Python
-            sys.path.insert(0, workflow.basedir)
-            from reptile_tf import train
-    finally:
-        if before is None:
-            os.environ.pop(variable, None)
-        else:
-            os.environ[variable] = before
-    return train
+    """reptile_tf.settings: the Settings table, its checks and `override_value`."""
+    return _import_reptile_tf("settings")
 
 
 def override_scopes():
@@ -280,21 +297,21 @@ def config_error(key, message):
     )
 
 
-def job_settings(train, job):
+def job_settings(table, job):
     """The Settings one grid job trains with: the paper's, then the config's overrides and budget."""
-    overrides = {k: train.override_value(k, v) for k, v in merged_overrides(job).items()}
+    overrides = {k: table.override_value(k, v) for k, v in merged_overrides(job).items()}
     iterations = budget_value(job, "iterations")
     if iterations is not None:
         overrides["iterations"] = iterations
-    return train.merge_settings(job.algorithm, job.dataset, job.ways, job.shots, overrides)
+    return table.merge_settings(job.algorithm, job.dataset, job.ways, job.shots, overrides)
 
 
 def check_overrides():
     """Names and types of every `overrides` entry, then every grid job's resolved settings."""
     from types import SimpleNamespace
 
-    train = _settings_table()
-    UserError = train.UserError
+    table = _settings_table()
+    UserError = table.UserError
     for path, scope in override_scopes():
         for key, value in (scope.get("overrides") or {}).items():
             if key == "iterations":
@@ -302,7 +319,7 @@ def check_overrides():
                 raise config_error(f"{path}.overrides.iterations",
                                    f"iterations={value!r} belongs beside `overrides`: set `{path}.iterations`")
             try:
-                train.override_value(key, value)
+                table.override_value(key, value)
             except UserError as err:
                 raise config_error(f"{path}.overrides.{key}", str(err)) from None
     for job in grid_jobs():
@@ -310,10 +327,10 @@ def check_overrides():
         label = f"{job.dataset} {job.ways}-way {job.shots}-shot {job.algorithm}"
         index = next(i for i, s in enumerate(SETTINGS) if s is find_setting(job))
         try:
-            settings = job_settings(train, job)
+            settings = job_settings(table, job)
         except UserError as err:
             raise config_error(f"grid.settings.{index}", str(err)) from None
-        problems = train.settings_problems(settings)
+        problems = settings.problems()
         if problems:
             origins = override_origins(job)
             field, message = problems[0]
@@ -332,10 +349,11 @@ check_overrides()
 # again), on stderr (stdout stays clean for `snakemake --dag | dot`). The dry run says it too.
 # `--config plan_notice=False` silences it.
 
-# preset -> (hours on 2 cores, how to choose it); quick and smoke measured, paper_cpu projected
+# preset -> (hours on 2 cores, how to choose it); quick measured (results/quick/README.md), smoke
+# measured, paper_cpu projected
 SMALLER_PRESETS = {
     "quick": (1.0, "`make reproduce` (= --configfile workflow/config/quick.yaml; the full grid at small "
-                   "budgets, 57 min measured on 2 cores)"),
+                   "budgets, about 1 h on 2 cores: results/quick/README.md)"),
     "smoke": (0.1, "--configfile workflow/config/smoke.yaml (one setting, tiny budgets: minutes)"),
     "paper_cpu": (19.0, "`make reproduce PRESET=paper_cpu` (Omniglot 5-way at the papers' budgets, 1 seed: "
                         "about 19 h projected)"),
@@ -344,13 +362,7 @@ SMALLER_PRESETS = {
 
 def checkpointed_iteration(run_dir):
     """The newest checkpoint's iteration in a run directory (0 if none): where training resumes."""
-    try:
-        names = os.listdir(os.path.join(run_dir, "checkpoints"))
-    except OSError:
-        return 0
-    done = [int(name[5:-6]) for name in names
-            if name.startswith("ckpt-") and name.endswith(".index") and name[5:-6].isdigit()]
-    return max(done, default=0)
+    return _import_reptile_tf("rundir").latest_checkpoint_iteration(run_dir)
 
 
 def plan_projection():
@@ -359,14 +371,14 @@ def plan_projection():
 
     from reptile_tf import cost
 
-    train = _settings_table()
+    table = _settings_table()
     throughput = cost.load_throughput(config["results_dir"])
     modes = tuple(config["grid"]["eval_modes"])
     plan = {step: {"planned": 0, "to_run": 0, "hours": 0.0, "flops": 0.0, "sizes": []}
             for step in ("train", "evaluate", "theory", "bench")}
     for job in grid_jobs():
         run_dir = RUN_DIR.format(**job)
-        settings = job_settings(train, SimpleNamespace(**job))
+        settings = job_settings(table, SimpleNamespace(**job))
         entry = plan["train"]
         entry["planned"] += 1
         if not os.path.exists(os.path.join(run_dir, "DONE")):
@@ -426,7 +438,7 @@ def plan_notice():
     here = f"{len(gpus)} GPU(s): {', '.join(gpus)}" if gpus else "CPU only, no NVIDIA GPU found"
     lines.append(f"  This machine: {here}; {cost.cpu_description()}.")
     total_flops = sum(entry["flops"] for entry in plan.values())
-    asks_gpu = resource("train", "gpu", 0)
+    asks_gpu = resource("train", "gpu")
     if gpus or asks_gpu:
         fast, slow = cost.gpu_hours_range(total_flops)
         lines.append(f"  On GPUs: about {cost.format_hours(fast)} to {cost.format_hours(slow)} of one A100 "

@@ -11,10 +11,10 @@ rule fetch:
         CONDA_ENV
     log:
         f"{LOGS}/fetch/{{dataset}}.log",
-    threads: resource("fetch", "threads", 1)
+    threads: resource("fetch", "threads")
     resources:
-        mem_mb=resource("fetch", "mem_mb", 2000),
-        runtime=resource("fetch", "runtime", 60),
+        mem_mb=resource("fetch", "mem_mb"),
+        runtime=resource("fetch", "runtime"),
     shell:
         "reptile-tf fetch {wildcards.dataset} --dest {params.dest} {params.flags} --no-progress > {log} 2>&1"
 
@@ -34,9 +34,9 @@ rule prepare:
         CONDA_ENV
     log:
         f"{LOGS}/prepare/{{dataset}}{{variant}}.log",
-    threads: resource("prepare", "threads", 1)
+    threads: resource("prepare", "threads")
     resources:
-        mem_mb=resource("prepare", "mem_mb", 8000),
-        runtime=resource("prepare", "runtime", 120),
+        mem_mb=resource("prepare", "mem_mb"),
+        runtime=resource("prepare", "runtime"),
     shell:
         "reptile-tf prepare {wildcards.dataset} --raw {params.raw} --data-dir {params.data_dir} {params.flags} > {log} 2>&1"

@@ -18,10 +18,10 @@ rule evaluate:
         f"{LOGS}/evaluate/{RUN_NAME}.log",
     benchmark:
         f"{RESULTS}/benchmarks/evaluate/{RUN_NAME}.tsv"
-    threads: resource("evaluate", "threads", 2)
+    threads: resource("evaluate", "threads")
     resources:
-        gpu=resource("evaluate", "gpu", 0),
-        mem_mb=resource("evaluate", "mem_mb", 8000),
-        runtime=resource("evaluate", "runtime", 60),
+        gpu=resource("evaluate", "gpu"),
+        mem_mb=resource("evaluate", "mem_mb"),
+        runtime=resource("evaluate", "runtime"),
     shell:
-        "TF_NUM_INTRAOP_THREADS={threads} TF_NUM_INTEROP_THREADS=1 reptile-tf evaluate {params.run_dir} --data-dir {params.data_dir} {params.flags} --no-progress > {log} 2>&1"
+        "TF_NUM_INTRAOP_THREADS={threads} reptile-tf evaluate {params.run_dir} --data-dir {params.data_dir} {params.flags} --no-progress > {log} 2>&1"

@@ -17,9 +17,9 @@ rule tables:
         CONDA_ENV
     log:
         f"{LOGS}/tables.log",
-    threads: 1
+    threads: resource("tables", "threads")
     resources:
-        mem_mb=resource("tables", "mem_mb", 2000),
-        runtime=resource("tables", "runtime", 10),
+        mem_mb=resource("tables", "mem_mb"),
+        runtime=resource("tables", "runtime"),
     shell:
         "reptile-tf tables --runs {params.runs} --out {params.out} > {log} 2>&1"

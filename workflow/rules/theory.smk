@@ -22,9 +22,9 @@ rule theory:
         f"{config['logs_dir']}/theory.log",
     benchmark:
         f"{RESULTS}/benchmarks/theory.tsv"
-    threads: resource("theory", "threads", 2)
+    threads: resource("theory", "threads")
     resources:
-        mem_mb=resource("theory", "mem_mb", 4000),
-        runtime=resource("theory", "runtime", 120),
+        mem_mb=resource("theory", "mem_mb"),
+        runtime=resource("theory", "runtime"),
     shell:
         "TF_NUM_INTRAOP_THREADS={threads} reptile-tf theory --budget {params.budget} --data-dir {params.data_dir} --out {output} > {log} 2>&1"

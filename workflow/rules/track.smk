@@ -15,10 +15,10 @@ rule track_init:
         CONDA_ENV
     log:
         f"{LOGS}/track/init.log",
-    threads: 1
+    threads: resource("track", "threads")
     resources:
-        mem_mb=resource("track", "mem_mb", 2000),
-        runtime=resource("track", "runtime", 10),
+        mem_mb=resource("track", "mem_mb"),
+        runtime=resource("track", "runtime"),
     shell:
         "reptile-tf track --init --experiment {params.experiment} --tracking-uri {params.uri}"
         " --marker {output} > {log} 2>&1"
@@ -39,10 +39,10 @@ rule track:
         CONDA_ENV
     log:
         f"{LOGS}/track/{RUN_NAME}.log",
-    threads: resource("track", "threads", 1)
+    threads: resource("track", "threads")
     resources:
-        mem_mb=resource("track", "mem_mb", 2000),
-        runtime=resource("track", "runtime", 10),
+        mem_mb=resource("track", "mem_mb"),
+        runtime=resource("track", "runtime"),
     shell:
         "reptile-tf track {params.run_dir} --experiment {params.experiment} --tracking-uri {params.uri}"
         " --marker {output} > {log} 2>&1"

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from reptile_tf import datasets as registry
 from reptile_tf.data.fetch.guard import (
     STALE_AGE_UNLOCKED_S,
     Terminated,
@@ -369,8 +370,7 @@ def fetch(dataset: str, dest: str | os.PathLike, mirrors: Sequence[str] = (), so
     UserError, leaving no partial file, when some file has no verified source or DEST cannot
     be written. SIGTERM / SIGHUP raise Terminated (a SystemExit) after temp files are removed.
     """
-    if dataset not in DATASETS:
-        raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    registry.get(dataset, among=DATASETS)
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise UserError(f"--dest {dest} exists and is not a directory; give a directory path")

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DATASETS = ("omniglot", "mini_imagenet")
+from reptile_tf import datasets as registry
+
+DATASETS = registry.FETCHED
 # Folder of each dataset inside a mirror root (the mirror's own naming).
 MIRROR_FOLDER = {"omniglot": "omniglot", "mini_imagenet": "miniimagenet"}
 
-OMNIGLOT_SPLITS = ("train", "val", "test", "trainval")
-RAVI_SPLITS = ("train", "val", "test")
+# Split files: one per split of the Vinyals (Omniglot) and Ravi (Mini-ImageNet) protocols.
+OMNIGLOT_SPLITS = registry.DATASETS["omniglot"].protocols["vinyals"]
+RAVI_SPLITS = registry.DATASETS["mini_imagenet"].protocols["ravi"]
 
 # Files of each dataset, relative to DEST (= the mirror's per-dataset folder). Split files come
 # first: the Mini-ImageNet archive check reads the Ravi CSVs.

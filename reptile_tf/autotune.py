@@ -1,0 +1,160 @@
+"""Pick the conv-stack formulation by measurement, once per machine and shape (as cuDNN's autotuner).
+
+Every formulation in `models.CONV_PATHS` computes the same function (tests/test_models.py), but
+which one is fastest depends on the CPU class, oneDNN's state, the TensorFlow build and the shape:
+on a 2-core AVX-512 EPYC the grouped convolution wins, where oneDNN is off it has no gradient at
+all. So the first run of a shape times one forward + backward pass of the whole network with every
+path this TensorFlow can differentiate, keeps the fastest, and caches the choice on disk, keyed
+by CPU model, TensorFlow version, oneDNN state and device; later runs read the cache, so one
+machine keeps making the same choice (and the same numbers). The path a run used is recorded in
+its config.json (`environment.conv_path`) and the timings in the cache file.
+
+`--conv-path NAME` (or $REPTILE_TF_CONV_PATH) forces a path; $REPTILE_TF_AUTOTUNE_CACHE moves the
+cache (default `~/.cache/reptile-tf/conv_paths.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+import argparse
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+
+from reptile_tf import runtime
+from reptile_tf.io import write_json_atomic
+from reptile_tf.models import (CONV_PATH_ENV, CONV_PATHS, Model, available_conv_paths, broadcast_params,
+                               choose_conv_path, get_model)
+from reptile_tf.settings import Settings
+
+CACHE_ENV = "REPTILE_TF_AUTOTUNE_CACHE"
+DEFAULT_CACHE = Path.home() / ".cache" / "reptile-tf" / "conv_paths.json"
+CACHE_VERSION = 1
+WARMUP, REPEATS = 2, 7
+
+
+def cache_file() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
+
+
+def machine_key() -> str:
+    """What decides which kernels run: CPU model, TensorFlow, oneDNN, and the device."""
+    onednn = {True: "on", False: "off", None: "n/a"}[runtime.onednn_enabled()]
+    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+    return f"{runtime.cpu_info()['model']} | TF {tf.__version__} | oneDNN {onednn} | {device}"
+
+
+def shape_key(arch: str, tasks: int, batch: int, dtype: str) -> str:
+    return f"{arch} {tasks}x{batch} {dtype}"
+
+
+def read_cache(path: Path) -> dict[str, Any]:
+    """The cache's choices, or an empty cache when it is missing, unreadable or of another version
+    (a cache is only ever a saving: a bad one is measured again, never an error)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"version": CACHE_VERSION, "machines": {}}
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("machines"), dict):
+        return {"version": CACHE_VERSION, "machines": {}}
+    return data
+
+
+def time_conv_path(arch: str, path: str, num_outputs: int, tasks: int, batch: int,
+                   dtype: tf.DType = tf.float32) -> float:
+    """Median seconds of one forward + backward pass of `tasks` networks on `batch` images each."""
+    model = get_model(arch, num_outputs, conv_path=path)
+    params = broadcast_params(model.init(0), tasks)
+    x = tf.random.stateless_uniform([tasks, batch, *model.input_shape], seed=[0, 0])
+    y = tf.random.stateless_uniform([tasks, batch], seed=[0, 1], maxval=num_outputs, dtype=tf.int32)
+
+    @tf.function
+    def step(params: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            loss = tf.reduce_sum(model.loss(model.apply(params, x, compute_dtype=dtype), y))
+        return tape.gradient(loss, params)
+
+    for _ in range(1 + WARMUP):  # the first call traces
+        tf.nest.map_structure(lambda t: t.numpy(), step(params))
+    times = []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        tf.nest.map_structure(lambda t: t.numpy(), step(params))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def tuned_conv_path(arch: str, num_outputs: int, tasks: int, batch: int, dtype: tf.DType = tf.float32,
+                    requested: str | None = None) -> str:
+    """The conv path for `tasks` networks of `arch` on `batch` images each: `requested`, else
+    $REPTILE_TF_CONV_PATH, else the cached choice of this machine, else the fastest one measured now."""
+    if requested or os.environ.get(CONV_PATH_ENV):
+        return choose_conv_path(requested)
+    candidates = available_conv_paths()
+    if len(candidates) == 1:
+        return candidates[0]
+    path, machine, shape = cache_file(), machine_key(), shape_key(arch, tasks, batch, dtype.name)
+    cache = read_cache(path)
+    entry = cache["machines"].get(machine, {}).get(shape)
+    if isinstance(entry, dict) and entry.get("path") in candidates:
+        return entry["path"]
+    seconds = {name: time_conv_path(arch, name, num_outputs, tasks, batch, dtype) for name in candidates}
+    best = min(seconds, key=seconds.get)
+    print(f"reptile-tf: conv path {best!r} for {shape} (timed once on this machine: "
+          + ", ".join(f"{name} {1000 * s:.2f} ms" for name, s in sorted(seconds.items(), key=lambda kv: kv[1]))
+          + f"; cached in {path})", file=sys.stderr)
+    cache = read_cache(path)  # again: another job may have added its shapes meanwhile
+    cache["machines"].setdefault(machine, {})[shape] = {
+        "path": best, "ms": {name: round(1000 * s, 3) for name, s in seconds.items()},
+        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, cache)
+    except OSError as error:  # a read-only home is no reason to fail a run: it measures again next time
+        print(f"reptile-tf: could not cache the conv path in {path} ({error}); set ${CACHE_ENV}", file=sys.stderr)
+    return best
+
+
+def tuned_model(arch: str, num_outputs: int, tasks: int, batch: int, dtype: tf.DType = tf.float32,
+                requested: str | None = None) -> Model:
+    """`models.get_model` with the conv path `tuned_conv_path` picks (a net without convolutions as is)."""
+    default = get_model(arch, num_outputs, conv_path=requested)
+    if default.conv_path is None:  # nothing to tune (sine's MLP)
+        return default
+    path = tuned_conv_path(arch, num_outputs, tasks, batch, dtype, requested)
+    return default if path == default.conv_path else get_model(arch, num_outputs, conv_path=path)
+
+
+def training_model(settings: Settings, mixed_precision: bool = False, conv_path: str | None = None) -> Model:
+    """The network a run trains, its conv path tuned for one meta-batch: `meta_batch` tasks of one
+    inner minibatch (the whole training set of a task when `inner_batch` is 0, as MAML's)."""
+    batch = settings.inner_batch or settings.ways * settings.train_shots
+    return tuned_model(settings.dataset, settings.num_outputs, settings.meta_batch, batch,
+                       tf.bfloat16 if mixed_precision else tf.float32, conv_path)
+
+
+def evaluation_model(settings: Settings, chunk_size: int, mixed_precision: bool = False,
+                     conv_path: str | None = None) -> Model:
+    """The network `evaluate` adapts, its conv path tuned for one chunk of tasks and its adaptation batch."""
+    batch = settings.eval_inner_batch or settings.ways * settings.shots
+    return tuned_model(settings.dataset, settings.num_outputs, chunk_size, batch,
+                       tf.bfloat16 if mixed_precision else tf.float32, conv_path)
+
+
+def add_conv_path_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--conv-path", choices=("auto", *CONV_PATHS), default="auto",
+                        help="formulation of the batched conv stack (all compute the same function): auto = the "
+                             "fastest measured on this machine for this shape, timed once and cached in "
+                             f"${CACHE_ENV} (default ~/.cache/reptile-tf/conv_paths.json); ${CONV_PATH_ENV} also "
+                             "forces one (default: %(default)s)")
+
+
+def requested_path(flag: str) -> str | None:
+    """The --conv-path flag as `tuned_conv_path`'s `requested` (None: measure)."""
+    return None if flag == "auto" else flag
