@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Full benchmark run on a quiet machine: refuses to start while the machine is busy
-# (timings under load are not comparable), then runs `reptile-tf bench` into results/benchmarks/.
+# (timings under load are not comparable), then runs `reptile-tf bench` into results/benchmarks/<CPU class>/.
 # Usage: benchmarks/run_full.sh [extra reptile-tf bench flags]   (FORCE=1 skips the load check)
 # e.g. benchmarks/run_full.sh --quick
 set -euo pipefail
@@ -15,4 +15,4 @@ if [ "${FORCE:-0}" != 1 ] && awk -v l="$load" -v c="$cores" 'BEGIN { exit !(l > 
 fi
 # The peers (learn2learn on PyTorch) run in their own environment, made once (several GB).
 bash benchmarks/peers/setup.sh
-exec "$BIN/reptile-tf" bench --out results/benchmarks --peer-python .cache/peers/venv/bin/python "$@"
+exec "$BIN/reptile-tf" bench --peer-python .cache/peers/venv/bin/python "$@"

@@ -1,7 +1,7 @@
 """How long training and evaluation take: the one home of "seconds per meta-iteration".
 
-Projections come from measured throughput, `results/benchmarks/throughput.csv` (written by
-`reptile-tf bench`; compiled meta-step, XLA off, the paper's 1-shot settings), and from the hand
+Projections come from measured throughput, `results/benchmarks/<cpu class>/throughput.csv` (written
+by `reptile-tf bench`, this machine's CPU class first, `reptile_tf.cpu.cpu_class`; compiled meta-step, XLA off, the paper's 1-shot settings), and from the hand
 FLOP count of `reptile_tf.flops` for the workloads the benchmark did not measure:
 
 - training, seconds per meta-iteration: the measured time when the benchmark ran this very
@@ -12,10 +12,10 @@ FLOP count of `reptile_tf.flops` for the workloads the benchmark did not measure
   GFLOP/s the benchmark's evaluation measurement reached (Reptile Omniglot 5-way, 50 Adam steps,
   non-transductive, chunked as `reptile-tf evaluate`).
 
-When no benchmark file is found, FALLBACK_THROUGHPUT (the committed measurement) is used.
+When no benchmark file is found, an assumed rate (ASSUMED_GFLOPS_PER_S) is used, and said.
 Projections are for the measured machine class (a 2-core CPU) at its idle speed: a machine shared
 with other jobs takes longer (the committed paper_cpu runs' rates on a loaded machine:
-results/paper_cpu/README.md, against the idle ones in results/benchmarks/throughput.csv).
+results/paper_cpu/README.md, against the idle ones in results/benchmarks/).
 
 Imports neither TensorFlow nor numpy: the Snakefile uses it at parse time (workflow/rules/common.smk).
 """
@@ -30,31 +30,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reptile_tf import flops
+from reptile_tf.cpu import cpu_class
 from reptile_tf.rundir import EVAL_MODES
 from reptile_tf.settings import Settings, paper_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-THROUGHPUT_FILE = Path("benchmarks") / "throughput.csv"  # under a results directory
+BENCHMARKS_DIR = "benchmarks"  # under a results directory: one folder per CPU class (`reptile-tf bench`)
+THROUGHPUT_FILE = "throughput.csv"
 
-# The committed measurement, results/benchmarks/throughput.csv of 2026-11-26 (`reptile-tf bench
-# --quick --repeats 15 --warmup 3`, AMD EPYC Zen 4, 2 cores, TensorFlow 2.21, oneDNN on, XLA off,
-# load average ~1.8), for a checkout without results/. Columns as in the CSV; "maml_fo" = MAML
-# with first_order at the MAML settings.
-FALLBACK_SOURCE = "results/benchmarks/throughput.csv of 2026-11-26 (2-core AMD EPYC), built into reptile_tf.cost"
-FALLBACK_THROUGHPUT: tuple[dict, ...] = (
-    {"algorithm": "reptile", "dataset": "omniglot", "ways": 5, "sec_per_meta_iter": 0.048198,
-     "gflop_per_meta_iter": 3.98112, "eval_tasks_per_s": 18.2965},
-    {"algorithm": "fomaml", "dataset": "omniglot", "ways": 5, "sec_per_meta_iter": 0.0704361,
-     "gflop_per_meta_iter": 5.17546, "eval_tasks_per_s": 18.2965},
-    {"algorithm": "maml", "dataset": "omniglot", "ways": 5, "sec_per_meta_iter": 0.131419,
-     "gflop_per_meta_iter": 10.1917, "eval_tasks_per_s": math.nan},
-    {"algorithm": "maml_fo", "dataset": "omniglot", "ways": 5, "sec_per_meta_iter": 0.061396,
-     "gflop_per_meta_iter": 5.09583, "eval_tasks_per_s": math.nan},
-    {"algorithm": "reptile", "dataset": "omniglot", "ways": 20, "sec_per_meta_iter": 0.153169,
-     "gflop_per_meta_iter": 15.9475, "eval_tasks_per_s": math.nan},
-    {"algorithm": "reptile", "dataset": "mini_imagenet", "ways": 5, "sec_per_meta_iter": 0.621817,
-     "gflop_per_meta_iter": 62.6565, "eval_tasks_per_s": math.nan},
-)
+# Only when no benchmark of any CPU class is on record (a copy of the package without results/):
+# an assumed rate, said to be one in the plan statement.
+ASSUMED_GFLOPS_PER_S = 50.0
+ASSUMED_SOURCE = (f"no benchmark on record: {ASSUMED_GFLOPS_PER_S:.0f} GFLOP/s assumed "
+                  "(run `reptile-tf bench` for a measured projection)")
 # Where nothing better is known (the sine task: tiny networks, milliseconds per iteration).
 SINE_SECONDS_PER_ITERATION = 0.01
 SINE_SECONDS_PER_EVAL_TASK = 0.001
@@ -97,16 +85,26 @@ def read_throughput(path: str | os.PathLike) -> tuple[dict, ...]:
     return tuple(rows)
 
 
+def throughput_files(results_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Benchmark files in the order they are preferred: this machine's CPU class first, then the
+    other classes, under `results_dir` and then under the project's results/."""
+    roots = ([Path(results_dir)] if results_dir is not None else []) + [PROJECT_ROOT / "results"]
+    files = []
+    for root in roots:
+        base = root / BENCHMARKS_DIR
+        files.append(base / cpu_class() / THROUGHPUT_FILE)
+        files += sorted(path for path in base.glob(f"*/{THROUGHPUT_FILE}") if path not in files)
+    return files
+
+
 def load_throughput(results_dir: str | os.PathLike | None = None) -> Throughput:
-    """Measured throughput: `<results_dir>/benchmarks/throughput.csv`, else the project's
-    `results/benchmarks/throughput.csv`, else FALLBACK_THROUGHPUT."""
-    candidates = [Path(results_dir) / THROUGHPUT_FILE] if results_dir is not None else []
-    candidates.append(PROJECT_ROOT / "results" / THROUGHPUT_FILE)
-    for path in candidates:
+    """Measured throughput of this CPU class if on record, else of another class, else none
+    (`ASSUMED_GFLOPS_PER_S`)."""
+    for path in throughput_files(results_dir):
         rows = read_throughput(path)
         if rows:
             return Throughput(rows, _short_path(path))
-    return Throughput(FALLBACK_THROUGHPUT, FALLBACK_SOURCE)
+    return Throughput((), ASSUMED_SOURCE)
 
 
 def _short_path(path: Path) -> str:
@@ -144,7 +142,7 @@ def seconds_per_iteration(settings: Settings, throughput: Throughput | None = No
         close = [r for r in rows if closeness(r)]
         if close:
             return work / min(_rate(r) for r in close)
-    return work / _rate(FALLBACK_THROUGHPUT[0])
+    return work / ASSUMED_GFLOPS_PER_S
 
 
 def eval_gflops_per_s(throughput: Throughput | None = None) -> float:
@@ -152,9 +150,10 @@ def eval_gflops_per_s(throughput: Throughput | None = None) -> float:
     rows = (throughput or load_throughput()).rows
     measured = [r["eval_tasks_per_s"] for r in rows
                 if (r["algorithm"], r["dataset"], r["ways"]) == ("reptile", "omniglot", 5) and r["eval_tasks_per_s"] > 0]
-    tasks_per_s = min(measured) if measured else FALLBACK_THROUGHPUT[0]["eval_tasks_per_s"]
+    if not measured:
+        return ASSUMED_GFLOPS_PER_S
     reference = paper_settings("reptile", "omniglot", 5, 1)
-    return flops.eval_task_flops(reference, transductive=False).total / 1e9 * tasks_per_s
+    return flops.eval_task_flops(reference, transductive=False).total / 1e9 * min(measured)
 
 
 def seconds_per_eval_task(settings: Settings, modes: tuple[str, ...] = EVAL_MODES,

@@ -8,6 +8,7 @@ Imports nothing heavy (no TensorFlow): the CLI's argument parsers and the workfl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from reptile_tf.errors import UserError
 
@@ -59,6 +60,9 @@ NAMES: tuple[str, ...] = tuple(DATASETS)
 FETCHED: tuple[str, ...] = tuple(name for name, dataset in DATASETS.items() if not dataset.synthetic)
 # Image datasets: the conv nets of `reptile_tf.models` and the FLOP counts of `reptile_tf.flops`.
 IMAGE_DATASETS: tuple[str, ...] = tuple(name for name, dataset in DATASETS.items() if len(dataset.input_shape) == 3)
+# Where `reptile-tf prepare` writes and train/evaluate/track read by default (relative to the project root).
+DEFAULT_DATA_DIR = Path("data/tfds")
+DEFAULT_RAW_DIR = Path("data/raw")
 
 
 def get(name: str, among: tuple[str, ...] = NAMES) -> Dataset:

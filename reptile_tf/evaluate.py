@@ -21,7 +21,7 @@ import numpy as np
 
 from reptile_tf import io, runtime
 from reptile_tf.autotune import add_conv_path_flag, evaluation_model, requested_path
-from reptile_tf.data.prepare import DEFAULT_DATA_DIR
+from reptile_tf.datasets import DEFAULT_DATA_DIR
 from reptile_tf.data.tasks import episode_source
 from reptile_tf.errors import UserError
 from reptile_tf.progress import cli_mode
@@ -66,7 +66,7 @@ def per_task_csv(per_task: np.ndarray, settings: Settings) -> str:
 
 
 def evaluate_run(run_dir: Path, modes: tuple[str, ...] = EVAL_MODES, tasks: int | None = None, split: str = "test",
-                 data_dir: Path | None = None, chunk_size: int | None = None, progress: bool = True,
+                 data_dir: Path | None = None, chunk_size: int | None = None, progress: bool | str = True,
                  require_done: bool = True, conv_path: str | None = None) -> dict[str, Any]:
     """Score the run's final checkpoint; write eval.json and per-task CSVs; return eval.json's content.
 
@@ -87,15 +87,16 @@ def evaluate_run(run_dir: Path, modes: tuple[str, ...] = EVAL_MODES, tasks: int 
     except ValueError as err:
         raise UserError(f"{config_path} is not valid JSON ({err}); re-run `reptile-tf train`") from None
     settings = settings_from_config(config)
+    settings.validate()  # a hand-edited config.json fails here, with every problem named
     if require_done and not (run_dir / DONE_FILE).exists():
         raise UserError(f"{run_dir} has not finished training (no {DONE_FILE}); re-run the same "
                         "`reptile-tf train` command to resume it first")
     num_tasks = settings.eval_tasks if tasks is None else int(tasks)
     if num_tasks < 1:
         raise UserError(f"--tasks must be at least 1 (got {num_tasks})")
+    if chunk_size is not None and chunk_size < 1:
+        raise UserError(f"--chunk-size must be at least 1 (got {chunk_size})")
     chunk_size = min(chunk_size or default_chunk_size(settings), num_tasks)
-    if chunk_size < 1:
-        raise UserError("--chunk-size must be at least 1")
     if data_dir is None:
         data_dir = Path(config.get(ENVIRONMENT_KEY, {}).get("data_dir") or DEFAULT_DATA_DIR)
     runtime.deterministic_runtime(xla=False)

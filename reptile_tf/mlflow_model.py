@@ -50,8 +50,8 @@ import tensorflow as tf
 
 import reptile_tf
 from reptile_tf import datasets, meta, runtime
-from reptile_tf.rundir import (CHECKPOINT_DIR, CHECKPOINT_STATE_FILE, CONFIG_FILE, EVAL_MODES, flatten_config,
-                               latest_checkpoint_files, read_config)
+from reptile_tf.rundir import (CHECKPOINT_DIR, CHECKPOINT_STATE_FILE, CONFIG_FILE, EVAL_MODES, latest_checkpoint_files,
+                               read_config)
 from reptile_tf.run_state import build_model, load_run_state
 from reptile_tf.scoring import adaptation_adam_state, adapted_query_outputs, task_seeds
 from reptile_tf.settings import settings_from_config
@@ -249,7 +249,7 @@ def log_model(client: Any, tracking_uri: str, experiment_id: str, run_id: str, r
                       python_model=str(Path(__file__).with_name("mlflow_model_code.py")),  # models from code
                       artifacts={RUN_ARTIFACT: str(staged)},
                       code_paths=[str(Path(reptile_tf.__file__).parent)], pip_requirements=requirements(),
-                      signature=signature(flatten_config(config)), step=iteration,
+                      signature=signature(config), step=iteration,
                       metadata={"reptile_tf": {"checkpoint_digest": digest, "iterations": iteration,
                                                "docs": "reptile_tf/mlflow_model.py"}})
     except BaseException:

@@ -37,6 +37,8 @@ EVAL_FILE = "eval.json"
 # Keys of config.json that describe where/how the run happened, not what was requested;
 # they may differ when a run is resumed (e.g. on another machine or after a commit).
 ENVIRONMENT_KEY = "environment"
+# What every report reads of config.json: a run's identity and seed.
+RUN_KEYS = (*IDENTITY_FIELDS, "seed")
 
 # The batch-norm modes an evaluation scores, in the order `reptile-tf evaluate` computes and
 # writes them (eval.json keys).
@@ -92,23 +94,6 @@ def write_config(run_dir: str | Path, config: dict[str, Any]) -> None:
     io.write_json_atomic(Path(run_dir) / CONFIG_FILE, config)
 
 
-def flatten_config(config: dict) -> dict:
-    """config.json with its settings block (if nested) merged in at the top level.
-
-    Why: the contract fixes the content of config.json (resolved Settings + seed, data digest,
-    code version, TF version, device), not whether Settings is nested; accept both.
-    """
-    flat = {k: v for k, v in config.items() if not isinstance(v, dict)}
-    for key in ("settings", "config", "hyperparameters"):
-        if isinstance(config.get(key), dict):
-            for inner_key, value in config[key].items():
-                flat.setdefault(inner_key, value)
-    for key, value in config.items():
-        if isinstance(value, dict) and key not in ("settings", "config", "hyperparameters"):
-            flat.setdefault(key, value)
-    return flat
-
-
 # ---------------------------------------------------------------------------------- runs
 
 
@@ -117,7 +102,7 @@ class RunRecord:
     """What the reports read of one run directory."""
 
     path: Path
-    config: dict  # flattened config.json
+    config: dict  # config.json as written
     evaluation: dict  # eval.json ({} when not evaluated yet)
 
     @property
@@ -138,8 +123,7 @@ class RunRecord:
 
     @property
     def seed(self) -> int:
-        seed = self.config.get("seed")
-        return int(seed) if seed is not None else 0
+        return int(self.config["seed"])
 
     @property
     def done(self) -> bool:
@@ -155,11 +139,11 @@ def load_run(run_dir: str | Path) -> RunRecord:
         raise UserError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); pass a directory written by "
                         "`reptile-tf train --out`")
     try:
-        config = flatten_config(read_config(run_dir))
+        config = read_config(run_dir)
         evaluation = read_eval(run_dir)
     except json.JSONDecodeError as err:
         raise UserError(f"{run_dir}: unreadable JSON ({err}); re-run the job that writes it") from None
-    missing = [k for k in IDENTITY_FIELDS if k not in config]
+    missing = [k for k in RUN_KEYS if k not in config]
     if missing:
         raise UserError(f"{config_path} lacks {missing}; re-run `reptile-tf train` to rewrite it")
     return RunRecord(run_dir, config, evaluation)

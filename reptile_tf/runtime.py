@@ -20,7 +20,6 @@ import concurrent.futures
 import contextlib
 import functools
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -30,34 +29,8 @@ import tensorflow as tf
 
 import reptile_tf
 
-# CPU flags that decide TensorFlow's CPU kernels (oneDNN default, bf16 speed).
-RELEVANT_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_tile")
-
-@functools.cache
-def cpu_info() -> dict[str, Any]:
-    """{"model": CPU model name, "flags": the RELEVANT_CPU_FLAGS it has, "machine": arch, "cores": n}."""
-    model, flags = platform.processor() or platform.machine(), set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "model name":
-                model = value.strip()
-            elif key in ("flags", "Features") and not flags:
-                flags = set(value.split())
-    return {"model": model, "flags": [f for f in RELEVANT_CPU_FLAGS if f in flags],
-            "machine": platform.machine(), "cores": os.cpu_count()}
-
-
-def cpu_class() -> str:
-    """A short label of the CPU class for result files: 'avx512' or 'avx2' (x86-64), else the arch."""
-    info = cpu_info()
-    if "avx512f" in info["flags"]:
-        return "avx512"
-    if "avx2" in info["flags"]:
-        return "avx2"
-    return info["machine"]
+# The CPU facts live in reptile_tf.cpu (no TensorFlow: the workflow's projections read them too).
+from reptile_tf.cpu import RELEVANT_CPU_FLAGS, cpu_class, cpu_info  # noqa: E402,F401
 
 
 def onednn_enabled() -> bool | None:

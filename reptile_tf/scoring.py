@@ -87,11 +87,9 @@ def task_seeds(start: int, size: int) -> tf.Tensor:
 def adaptation_adam_state(settings: Settings, state: dict) -> Any:
     """The inner Adam state every evaluation task adapts from: the training-time one
     (`eval_adam_state="training"`, the official code's `_full_state` restore) or None = fresh
-    moments (`"fresh"`). None as well when the run keeps no inner Adam state (SGD, MAML)."""
-    choice = getattr(settings, "eval_adam_state", "training")
-    if choice not in ("training", "fresh"):
-        raise UserError(f"unknown eval_adam_state {choice!r}; choose training or fresh")
-    if choice == "fresh":
+    moments (`"fresh"`). None as well when the run keeps no inner Adam state (SGD, MAML).
+    (`Settings.validate` is the check of the value.)"""
+    if settings.eval_adam_state == "fresh":
         return None
     return meta.inner_adam_from_state(state)
 

@@ -4,7 +4,8 @@
 below `--runs` (config.json + eval.json + metrics.jsonl, docs/interfaces.md) and writes:
 
 - `table1_mini_imagenet.{md,csv}` and `table2_omniglot.{md,csv}` (the Reptile paper's Table 1
-  and Table 2 shapes; a table is written only when runs of its dataset exist),
+  and Table 2 shapes; a table is written only when runs of its dataset exist), each with
+  `<table>_tasks.csv` beside it (per-task scores of every seed, for the paired diff),
 - `learning_curves_<dataset>_<ways>w<shots>s.png` (training accuracy per algorithm).
 
 The CSV has one row per table cell that we measured (method x setting), with our mean, our

@@ -76,7 +76,7 @@ from typing import Any, Iterator
 
 from reptile_tf import mlflow_model
 from reptile_tf.curves import plot_learning_curves
-from reptile_tf.data.prepare import DEFAULT_DATA_DIR
+from reptile_tf.datasets import DEFAULT_DATA_DIR
 from reptile_tf.errors import UserError
 from reptile_tf.io import write_json_atomic
 from reptile_tf.rundir import (CONFIG_FILE, ENVIRONMENT_KEY, EVAL_FILE, METRICS_FILE, REPORT_MODES, RunRecord,
@@ -261,7 +261,7 @@ def source_tags(run: RunRecord) -> dict[str, str]:
     """MLflow's source tags: the commit recorded in config.json at training time, else this
     checkout's HEAD now (the tag `reptile_tf.source_commit_from` says which)."""
     environment = run.config.get(ENVIRONMENT_KEY) or {}
-    commit = environment.get("git_commit") or run.config.get("git_commit") or run.config.get("code_version")
+    commit = environment.get("git_commit")
     origin = "config.json"
     if not commit:
         commit, origin = git_commit(), "tracking-time HEAD"
@@ -287,10 +287,10 @@ def run_tags(run: RunRecord, experiment: str) -> dict[str, str]:
         STATUS_TAG: run_status(run),
         "algorithm": run.algorithm, "dataset": run.dataset, "ways": run.ways, "shots": run.shots,
         "seed": run.seed, "preset": experiment,
-        "git_commit": environment.get("git_commit") or run.config.get("git_commit") or run.config.get("code_version"),
-        "data_digest": data.get("digest") or run.config.get("data_digest"),
-        "tensorflow_version": environment.get("tensorflow") or run.config.get("tensorflow_version"),
-        "device": environment.get("device") or run.config.get("device"),
+        "git_commit": environment.get("git_commit"),
+        "data_digest": data.get("digest"),
+        "tensorflow_version": environment.get("tensorflow"),
+        "device": environment.get("device"),
         "conv_path": environment.get("conv_path"),
         "onednn": environment.get("onednn"),
         "cpu_class": environment.get("cpu_class"),
@@ -510,11 +510,8 @@ def dataset_inputs(run: RunRecord) -> list[Any]:
     schema = TensorDatasetSchema(features=Schema(
         [TensorSpec(np.dtype(np.uint8), (-1, -1, *image_shape), "images [class, image, H, W, C]")]))
     protocol = run.config.get("protocol")
-    wanted: list[tuple[str, str, str, dict]] = []  # (split, digest, context, profile extras)
-    train_digest = data.get("digest") or run.config.get("data_digest")
-    if train_digest:
-        wanted.append((data.get("train_split") or "train", str(train_digest), "training",
-                       {"shape": data.get("train_shape")}))
+    wanted: list[tuple[str, str, str, dict]] = [  # (split, digest, context, profile extras)
+        (data["train_split"], str(data["digest"]), "training", {"shape": data["train_shape"]})]
     if data.get("val_digest"):
         wanted.append(("val", str(data["val_digest"]), "validation", {"used_for": data.get("validation")}))
     for mode in REPORT_MODES:

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from reptile_tf import datasets, flag_help, io, meta, rundir, runtime
 from reptile_tf.autotune import add_conv_path_flag, requested_path, training_model
-from reptile_tf.data.prepare import DEFAULT_DATA_DIR
+from reptile_tf.datasets import DEFAULT_DATA_DIR
 from reptile_tf.data.tasks import TaskSource, make_task_source
 from reptile_tf.errors import UserError
 from reptile_tf.models import Model

@@ -16,6 +16,8 @@ from reptile_tf import cost, flops
 from reptile_tf.settings import paper_settings
 
 ROOT = Path(__file__).resolve().parents[1]
+# The committed benchmark of the AVX-512 class: real rows to project from.
+MEASURED = cost.read_throughput(ROOT / "results/benchmarks/avx512/throughput.csv")
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 NOTICE = "reptile-tf: preset"
 
@@ -85,7 +87,10 @@ def test_only_jobs_whose_outputs_are_missing_count(tmp_path):
     assert NOTICE not in dry_run(workdir, *config).stderr
     # ... and above a lower one; a checkpoint at 80% leaves a fifth of it
     notice = dry_run(workdir, *config, "--config", "plan_notice=1").stderr
-    assert "train       1 of   6 job(s) to run: ~1.3 h" in notice and "evaluate    0 of   6 job(s) to run: done" in notice
+    reptile = paper_settings("reptile", "omniglot", 5, 1)
+    hours = (cost.JOB_STARTUP_S + reptile.iterations * cost.seconds_per_iteration(reptile)) / 3600
+    assert f"train       1 of   6 job(s) to run: ~{cost.format_hours(hours)}" in notice
+    assert "evaluate    0 of   6 job(s) to run: done" in notice
     checkpoints = runs / "omniglot_5w1s/reptile/seed0/checkpoints"
     checkpoints.mkdir()
     (checkpoints / "ckpt-80000.index").write_text("")  # as the CheckpointManager leaves it: files, then state
@@ -109,7 +114,7 @@ def test_measured_workloads_use_the_measured_time():
 
 
 def test_unmeasured_workloads_scale_by_flops_at_the_closest_measured_rate():
-    throughput = cost.Throughput(cost.FALLBACK_THROUGHPUT, "test")
+    throughput = cost.Throughput(MEASURED, "test")
     one, five = (paper_settings("maml", "omniglot", 5, shots) for shots in (1, 5))
     ratio = flops.meta_iteration_flops(five).total / flops.meta_iteration_flops(one).total
     assert ratio > 3  # 25 support images instead of 5
@@ -117,7 +122,7 @@ def test_unmeasured_workloads_scale_by_flops_at_the_closest_measured_rate():
                         cost.seconds_per_iteration(one, throughput) * ratio, rel_tol=1e-4)  # CSV rounding
     # FOMAML on Mini-ImageNet (not measured): Mini-ImageNet's measured rate, not Omniglot's
     fomaml = paper_settings("fomaml", "mini_imagenet", 5, 1)
-    reptile_mini = next(r for r in cost.FALLBACK_THROUGHPUT if r["dataset"] == "mini_imagenet")
+    reptile_mini = next(r for r in MEASURED if r["dataset"] == "mini_imagenet")
     rate = reptile_mini["gflop_per_meta_iter"] / reptile_mini["sec_per_meta_iter"]
     assert math.isclose(cost.seconds_per_iteration(fomaml, throughput),
                         flops.meta_iteration_flops(fomaml).total / 1e9 / rate, rel_tol=1e-6)
@@ -125,21 +130,31 @@ def test_unmeasured_workloads_scale_by_flops_at_the_closest_measured_rate():
 
 def test_evaluation_projection_matches_the_measured_evaluation():
     """Reptile Omniglot 5-way, non-transductive: the benchmark's own measurement, by construction."""
-    throughput = cost.Throughput(cost.FALLBACK_THROUGHPUT, "test")
+    throughput = cost.Throughput(MEASURED, "test")
     settings = paper_settings("reptile", "omniglot", 5, 1)
     seconds = cost.seconds_per_eval_task(settings, ("non_transductive",), throughput)
-    assert math.isclose(seconds, 1 / cost.FALLBACK_THROUGHPUT[0]["eval_tasks_per_s"], rel_tol=1e-9)
+    assert math.isclose(seconds, 1 / MEASURED[0]["eval_tasks_per_s"], rel_tol=1e-9)
 
 
-def test_missing_benchmark_file_falls_back_to_the_committed_measurement(tmp_path, monkeypatch):
+def test_this_cpu_class_is_preferred_then_another_then_an_assumed_rate(tmp_path, monkeypatch):
     monkeypatch.setattr(cost, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(cost, "cpu_class", lambda: "avx2")
     throughput = cost.load_throughput(tmp_path / "results")
-    assert throughput.rows == cost.FALLBACK_THROUGHPUT and "built into reptile_tf.cost" in throughput.source
+    assert throughput.rows == () and "assumed" in throughput.source
+    one = paper_settings("reptile", "omniglot", 5, 1)
+    assert cost.seconds_per_iteration(one, throughput) == pytest.approx(
+        flops.meta_iteration_flops(one).total / 1e9 / cost.ASSUMED_GFLOPS_PER_S)
     bench = tmp_path / "results/benchmarks"
-    bench.mkdir(parents=True)
-    shutil.copy(ROOT / "results/benchmarks/throughput.csv", bench / "throughput.csv")
-    throughput = cost.load_throughput(tmp_path / "results")
-    assert [r["sec_per_meta_iter"] for r in throughput.rows] == [r["sec_per_meta_iter"] for r in cost.FALLBACK_THROUGHPUT]
+    (bench / "avx512").mkdir(parents=True)
+    shutil.copy(ROOT / "results/benchmarks/avx512/throughput.csv", bench / "avx512/throughput.csv")
+    throughput = cost.load_throughput(tmp_path / "results")  # another class: better than nothing
+    times = [r["sec_per_meta_iter"] for r in MEASURED]
+    assert [r["sec_per_meta_iter"] for r in throughput.rows] == times and "avx512" in throughput.source
+    (bench / "avx2").mkdir()
+    slower = (bench / "avx512/throughput.csv").read_text().replace(",0.0", ",0.1")
+    (bench / "avx2/throughput.csv").write_text(slower)
+    throughput = cost.load_throughput(tmp_path / "results")  # this machine's class
+    assert "avx2" in throughput.source and [r["sec_per_meta_iter"] for r in throughput.rows] != times
 
 
 def test_gpus_hidden_by_cuda_visible_devices(monkeypatch):

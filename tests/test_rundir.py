@@ -157,16 +157,19 @@ def test_load_and_find_runs(tmp_path):
 
     nested = tmp_path / "nested"
     nested.mkdir()
+    # Settings nested in a block: a layout no `reptile-tf train` writes, so not a run.
     (nested / rundir.CONFIG_FILE).write_text(json.dumps({"settings": {"algorithm": "maml", "dataset": "omniglot",
                                                                       "ways": 20, "shots": 1}, "seed": 2}))
-    assert (rundir.load_run(nested).algorithm, rundir.load_run(nested).seed) == ("maml", 2)
+    with pytest.raises(UserError, match=r"lacks \['algorithm', 'dataset', 'ways', 'shots'\]"):
+        rundir.load_run(nested)
     with pytest.raises(UserError, match="not a run directory"):
         rundir.load_run(tmp_path / "missing")
     (nested / rundir.CONFIG_FILE).write_text("{")
     with pytest.raises(UserError, match="unreadable JSON"):
         rundir.load_run(nested)
-    (nested / rundir.CONFIG_FILE).write_text(json.dumps({"algorithm": "maml"}))
-    with pytest.raises(UserError, match="lacks"):
+    (nested / rundir.CONFIG_FILE).write_text(json.dumps({"algorithm": "maml", "dataset": "omniglot", "ways": 20,
+                                                        "shots": 1}))
+    with pytest.raises(UserError, match=r"lacks \['seed'\]"):
         rundir.load_run(nested)
     with pytest.raises(UserError, match="does not exist"):
         rundir.find_runs(tmp_path / "missing")

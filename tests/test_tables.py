@@ -19,10 +19,12 @@ def make_run(root: Path, algorithm: str, dataset: str, ways: int, shots: int, se
     """A run directory as `reptile-tf train` + `evaluate` write it (docs/interfaces.md)."""
     run = root / f"{dataset}_{ways}w{shots}s" / algorithm / f"seed{seed}"
     (run / "checkpoints").mkdir(parents=True)
-    config = {"settings": {"algorithm": algorithm, "dataset": dataset, "ways": ways, "shots": shots,
-                           "inner_lr": 0.001, "iterations": 10 * curve},
-              "seed": seed, "data_digest": "abc123", "code_version": "deadbeef", "tensorflow_version": "2.21.0",
-              "device": "cpu"}
+    # Flat, as train's build_config writes it; no data.train_shape, so tracking logs no dataset
+    # inputs (tests/test_tracking.py adds them where it checks them).
+    config = {"algorithm": algorithm, "dataset": dataset, "ways": ways, "shots": shots,
+              "inner_lr": 0.001, "iterations": 10 * curve, "seed": seed,
+              "data": {"train_split": "train", "digest": "abc123"},
+              "environment": {"git_commit": "deadbeef", "tensorflow": "2.21.0", "device": "CPU"}}
     (run / "config.json").write_text(json.dumps(config))
     (run / "metrics.jsonl").write_text("".join(
         json.dumps({"iteration": 10 * i, "loss": 1.0 / (i + 1), "accuracy": 0.2 + 0.1 * i, "wall_time": 0.5 * i}) + "\n"

@@ -75,7 +75,7 @@ def test_track_twice_gives_one_run_with_full_content(store):
     assert (tags["algorithm"], tags["dataset"], tags["ways"], tags["shots"], tags["seed"], tags["preset"]) == \
         ("reptile", "omniglot", "5", "1", "0", "smoke")
     assert (tags["git_commit"], tags["data_digest"], tags["tensorflow_version"], tags["device"]) == \
-        ("deadbeef", "abc123", "2.21.0", "cpu")
+        ("deadbeef", "abc123", "2.21.0", "CPU")
     assert logged.data.params["inner_lr"] == "0.001"
     assert logged.data.metrics["test_accuracy_transductive"] == pytest.approx(97.5)
     assert logged.data.metrics["test_ci95_non_transductive"] == pytest.approx(0.3)
@@ -109,7 +109,7 @@ def test_retrained_run_with_other_params_replaces_the_stale_run(store):
     run, uri, _ = store
     first = tracking.track_run(run, "exp", uri, artifacts=False)
     config = json.loads((run / "config.json").read_text())
-    config["settings"]["inner_lr"] = 0.002
+    config["inner_lr"] = 0.002
     (run / "config.json").write_text(json.dumps(config))
     second = tracking.track_run(run, "exp", uri, artifacts=False)
     assert second["run_id"] != first["run_id"]
@@ -159,7 +159,7 @@ def test_config_hash_ignores_the_environment_block(tmp_path):
     before = tracking.config_hash(run)
     (run / "config.json").write_text(json.dumps(dict(config, environment={"cpu_model": "elsewhere"})))
     assert tracking.config_hash(run) == before
-    config["settings"]["iterations"] += 1
+    config["iterations"] += 1
     (run / "config.json").write_text(json.dumps(config))
     assert tracking.config_hash(run) != before
 
@@ -272,7 +272,7 @@ def timed_run(root: Path, seed: int = 0, accuracy: float = 97.5, config_extra: d
     run = make_run(root, "reptile", "omniglot", 5, 1, seed,
                    {"transductive": (accuracy, 0.5), "non_transductive": (accuracy - 2, 0.6)}, curve=5)
     config = json.loads((run / "config.json").read_text())
-    config["settings"]["meta_batch"] = 5
+    config["meta_batch"] = 5
     config.update(config_extra or {})
     (run / "config.json").write_text(json.dumps(config))
     (run / "metrics.jsonl").write_text("".join(
@@ -306,7 +306,7 @@ def test_run_times_are_the_trainings_and_throughput_is_logged(store):
     again = tracking.track_run(run, "times", uri, artifacts=False)
     assert (again["run_id"], again["new_metric_points"]) == (info["run_id"], 0)
     config = json.loads((run / "config.json").read_text())
-    config["environment"] = {"started": T0 - 30.0}
+    config["environment"]["started"] = T0 - 30.0
     (run / "config.json").write_text(json.dumps(config))
     moved = tracking.track_run(run, "times", uri, artifacts=False)
     assert moved["run_id"] != info["run_id"]  # MLflow cannot move a start: the run is recreated
@@ -366,7 +366,7 @@ def test_seeds_of_a_setting_are_children_of_one_run_holding_their_mean(store):
 
     # Seed 2 retrained with another configuration: it leaves the group, whose mean is recomputed.
     config = json.loads((runs[2] / "config.json").read_text())
-    config["settings"]["inner_lr"] = 0.002
+    config["inner_lr"] = 0.002
     (runs[2] / "config.json").write_text(json.dumps(config))
     moved = tracking.track_run(runs[2], "grouped", uri, artifacts=False)
     parents = {p.data.tags["seeds"]: p for p in search(uri, "grouped", "setting")[1]}
@@ -415,7 +415,7 @@ def test_without_a_recorded_commit_the_source_is_the_checkouts_head(store):
     _, uri, tmp_path = store
     run = timed_run(tmp_path / "nocommit")
     config = json.loads((run / "config.json").read_text())
-    del config["code_version"]
+    del config["environment"]["git_commit"]
     (run / "config.json").write_text(json.dumps(config))
     tags = tracking.make_client(uri).get_run(tracking.track_run(run, "head", uri, artifacts=False)["run_id"]).data.tags
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(tracking.__file__).parent, capture_output=True,

@@ -325,7 +325,7 @@ def test_stub_pipeline_runs_then_rerun_has_nothing_to_do(tmp_path):
     assert any(c.startswith("track --init --experiment smoke --tracking-uri sqlite:///results/mlflow/mlflow.db")
                for c in calls)
     assert "theory --budget smoke --data-dir data/tfds --out results/theory" in calls
-    assert "bench --quick --skip peers --out results/benchmarks" in calls
+    assert "bench --quick --skip peers --out results/smoke/throughput" in calls
     # every rule wrote its log path
     assert (workdir / "logs/smoke/train/omniglot_5w1s_maml_seed0.log").exists()
 

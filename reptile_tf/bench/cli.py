@@ -14,9 +14,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from reptile_tf.bench import report, runner  # noqa: E402
 from reptile_tf.bench.peers import DEFAULT_PEER_PYTHON, PEER_PYTHON_ENV, peer_python  # noqa: E402
 from reptile_tf.bench.plan import ALGORITHMS, SKIPPABLE, Plan, make_plan, parse_cases, parse_skip  # noqa: E402
+from reptile_tf.cpu import cpu_class  # noqa: E402
 from reptile_tf.errors import UserError  # noqa: E402
 
-DEFAULT_OUT = Path("results/benchmarks")
+# One run per CPU class: results/benchmarks/avx512/, results/benchmarks/avx2/ (reptile_tf.cost reads them).
+BENCHMARKS_ROOT = Path("results/benchmarks")
 
 
 def _argument(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -32,8 +34,9 @@ def _argument(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     full, quick = Plan((), (), (), (), ()), make_plan(quick=True)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
-                        help="output directory for throughput.csv, profile.csv and README.md (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="output directory for throughput.csv, profile.csv and README.md (default: "
+                             f"{BENCHMARKS_ROOT}/<CPU class>, here {BENCHMARKS_ROOT / cpu_class()})")
     parser.add_argument("--quick", action="store_true",
                         help="a few minutes: Omniglot 5-way for every algorithm + Reptile on the other datasets, "
                              "XLA and reference loop for Reptile Omniglot 5-way only, fewer repeats (default: off, "
@@ -60,6 +63,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.out is None:
+        args.out = BENCHMARKS_ROOT / cpu_class()
     plan = make_plan(quick=args.quick, cases=args.cases, tiny=args.tiny, repeats=args.repeats,
                      warmup=args.warmup, matmul_size=args.matmul_size, skip=args.skip, peer_python=args.peer_python)
     if plan.peers:

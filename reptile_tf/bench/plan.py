@@ -1,6 +1,6 @@
 """What `reptile-tf bench` measures: the cases, the plan of each part, and the flags that choose them.
 
-No TensorFlow here: `reptile-tf bench --help` is built from this module alone.
+No TensorFlow here: the plan is judged and written (targets, report) without it.
 """
 
 from __future__ import annotations

@@ -152,7 +152,7 @@ def _versus(comparison: Comparison) -> str:
 
 COMPARISON_TABLE: dict[str, Cell] = {
     "implementation": lambda c: c.implementation, "workload": lambda c: c.workload,
-    "their seconds": lambda c: f"{c.theirs}", "ours (s)": lambda c: f"{_fmt(c.ours)}{c.note}",
+    "their seconds": lambda c: _fmt(c.theirs), "ours (s)": lambda c: f"{_fmt(c.ours)}{c.note}",
     "ours vs theirs": _versus,
 }
 

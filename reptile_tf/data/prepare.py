@@ -28,11 +28,11 @@ from reptile_tf.progress import Progress, cli_mode, format_duration, resolve_mod
 log = logging.getLogger(__name__)
 
 DATASETS = registry.FETCHED
-DEFAULT_DATA_DIR = Path("data/tfds")
+DEFAULT_DATA_DIR = registry.DEFAULT_DATA_DIR
 
 
 def default_raw_dir(dataset: str) -> Path:
-    return Path("data/raw") / dataset
+    return registry.DEFAULT_RAW_DIR / dataset
 
 
 def prepare_command(dataset: str, data_dir: str | os.PathLike) -> str:

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from reptile_tf.data import episodes
 from reptile_tf.data.omniglot import DEFAULT_RESIZE_FILTER
-from reptile_tf.data.prepare import DEFAULT_DATA_DIR
+from reptile_tf.datasets import DEFAULT_DATA_DIR
 from reptile_tf.errors import UserError
 from reptile_tf.seeds import EVAL_KEY, EVAL_SEED, VALIDATION_SEED
 from reptile_tf.settings import Settings

@@ -4,7 +4,7 @@
 
 rule bench:
     output:
-        directory(f"{config['results_dir']}/benchmarks"),
+        directory(BENCH_OUT),
     conda:
         CONDA_ENV
     log:

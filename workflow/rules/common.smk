@@ -25,6 +25,9 @@ LOGS = f"{config['logs_dir']}/{PRESET}"
 RAW = config["data"]["raw_dir"]
 TFDS = config["data"]["tfds_dir"]
 MLFLOW_DIR = f"{config['results_dir']}/mlflow"
+# The workflow's quick benchmark (no peers) of this preset; `benchmarks/run_full.sh` writes the
+# committed runs per CPU class into results/benchmarks/<class>/, which reptile_tf.cost reads.
+BENCH_OUT = f"{RESULTS}/throughput"
 # relative to the rule files in workflow/rules/
 CONDA_ENV = "../envs/reptile-tf.yaml"
 TRACKING_URI = config["tracking"]["uri"] or f"sqlite:///{MLFLOW_DIR}/mlflow.db"
@@ -244,7 +247,7 @@ def all_targets():
     if config["theory"]["enabled"]:
         targets.append(f"{config['results_dir']}/theory")
     if config["bench"]["enabled"]:
-        targets.append(f"{config['results_dir']}/benchmarks")
+        targets.append(BENCH_OUT)
     return targets
 
 
@@ -397,11 +400,11 @@ def plan_projection():
             entry["hours"] += (cost.JOB_STARTUP_S + seconds) / 3600
             entry["flops"] += cost.evaluation_flops(settings, tasks, modes)
             entry["sizes"].append(tasks)
-    for step, output, hours in (("theory", "theory", cost.THEORY_HOURS[config["theory"]["budget"]]),
-                                ("bench", "benchmarks", cost.BENCH_QUICK_HOURS)):
+    for step, output, hours in (("theory", f"{config['results_dir']}/theory", cost.THEORY_HOURS[config["theory"]["budget"]]),
+                                ("bench", BENCH_OUT, cost.BENCH_QUICK_HOURS)):
         if config[step]["enabled"]:
             plan[step]["planned"] = 1
-            if not os.path.exists(f"{config['results_dir']}/{output}"):
+            if not os.path.exists(output):
                 plan[step].update(to_run=1, hours=hours)
     return plan, throughput
 
@@ -447,7 +450,7 @@ def plan_notice():
                      + ".")
     if config["train"]["xla"] and not gpus:
         lines.append("  train.xla is true: on a CPU, XLA makes the meta-step about 10x slower "
-                     "(results/benchmarks/README.md); set train.xla: false for CPU runs.")
+                     "(results/benchmarks/<CPU class>/README.md); set train.xla: false for CPU runs.")
     smaller = [text for name, (hours, text) in SMALLER_PRESETS.items() if name != PRESET and hours < total]
     if smaller:
         lines.append("  For a smaller run: " + "; or ".join(smaller) + ".")
