@@ -27,12 +27,11 @@ import numpy as np
 import tensorflow as tf
 
 from reptile_tf.datasets import DATASETS
+from reptile_tf.networks import BLOCKS, CONV_NETS
 
 BN_EPSILON = 1e-3
-_SPECS = {  # arch: (input shape, filters, stride, max-pool)
-    "omniglot": (DATASETS["omniglot"].input_shape, 64, 2, False),
-    "mini_imagenet": (DATASETS["mini_imagenet"].input_shape, 32, 1, True),
-}
+_SPECS = {arch: (DATASETS[arch].input_shape, net.filters, net.stride, net.max_pool)  # the same nets as models
+          for arch, net in CONV_NETS.items()}
 
 
 def init_weights(arch: str, ways: int, seed: int) -> list[tf.Variable]:
@@ -44,7 +43,7 @@ def init_weights(arch: str, ways: int, seed: int) -> list[tf.Variable]:
     rng = np.random.default_rng(seed)
     weights = []
     cin = channels
-    for _ in range(4):
+    for _ in range(BLOCKS):
         limit = math.sqrt(6.0 / (9 * cin + 9 * filters))
         weights += [rng.uniform(-limit, limit, (3, 3, cin, filters)), np.ones(filters), np.zeros(filters)]
         height = -(-height // stride)
@@ -61,7 +60,7 @@ def forward(arch: str, weights: list[Any], x: tf.Tensor) -> tf.Tensor:
     """Logits `[B, ways]` of one task's batch `x` `[B, H, W, C]`."""
     _, _, stride, pool = _SPECS[arch]
     out = x
-    for block in range(4):
+    for block in range(BLOCKS):
         kernel, scale, offset = weights[3 * block: 3 * block + 3]
         out = tf.nn.conv2d(out, kernel, strides=stride, padding="SAME")
         out, _, _ = tf.compat.v1.nn.fused_batch_norm(out, scale, offset, epsilon=BN_EPSILON, is_training=True)

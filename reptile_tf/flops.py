@@ -24,11 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from reptile_tf import datasets
+from reptile_tf.networks import BLOCKS, CONV_NETS
 from reptile_tf.errors import UserError
 
-# The conv nets (docs/reference.md "Networks"): arch -> (filters, stride, max-pool); their input
-# shapes come from the dataset registry.
-_CONV_NETS = {"omniglot": (64, 2, False), "mini_imagenet": (32, 1, True)}
+# arch -> (filters, stride, max-pool) of the conv nets (reptile_tf.networks); their input shapes
+# come from the dataset registry.
+_CONV_NETS = {arch: (net.filters, net.stride, net.max_pool) for arch, net in CONV_NETS.items()}
 ARCHS = tuple(_CONV_NETS)
 
 
@@ -79,7 +80,7 @@ def network_layers(arch: str, num_outputs: int) -> list[Layer]:
     if num_outputs < 1:
         raise UserError(f"num_outputs must be positive (got {num_outputs}); pass the number of ways")
     layers = []
-    for index in range(4):
+    for index in range(BLOCKS):
         out = _same_out(height, stride)
         elements = out * out * filters
         layers.append(Layer(f"conv{index + 1}", "conv", elements * 3 * 3 * channels, elements,

@@ -43,6 +43,7 @@ from typing import Callable
 import tensorflow as tf
 
 from reptile_tf import datasets, runtime
+from reptile_tf.networks import BLOCKS, CONV_NETS
 from reptile_tf.errors import UserError
 
 ARCHS = datasets.NAMES  # one network per dataset, named after it
@@ -248,12 +249,10 @@ def _cast_params(params: Params, dtype: tf.DType) -> Params:
 
 # ----------------------------------------------------------------------------- conv nets
 
-_CONV_SPECS = {
-    # arch: (input shape, filters, stride, max-pool)
-    "omniglot": (datasets.DATASETS["omniglot"].input_shape, 64, 2, False),
-    "mini_imagenet": (datasets.DATASETS["mini_imagenet"].input_shape, 32, 1, True),
-}
-_CONV_BLOCKS = 4
+# arch: (input shape, filters, stride, max-pool), from the registries of datasets and networks
+_CONV_SPECS = {arch: (datasets.DATASETS[arch].input_shape, net.filters, net.stride, net.max_pool)
+               for arch, net in CONV_NETS.items()}
+_CONV_BLOCKS = BLOCKS
 
 
 def _conv_feature_size(arch: str) -> int:

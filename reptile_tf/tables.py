@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+import pandas as pd
+import scipy.stats
+
 from reptile_tf.curves import ALGORITHM_LABELS, plot_learning_curves, setting_label
 from reptile_tf.errors import UserError
 from reptile_tf.io import atomic_path, write_text_atomic
@@ -66,7 +69,6 @@ def method_label(algorithm: str, transductive: bool) -> str:
 
 def aggregate(runs: Iterable[RunRecord]) -> "pandas.DataFrame":  # noqa: F821
     """One row per measured (dataset, method, ways, shots) cell, CSV_COLUMNS order."""
-    import pandas as pd
 
     groups: dict[tuple, list[SeedResult]] = {}
     for run in runs:
@@ -113,7 +115,6 @@ def per_task_frame(runs: Iterable[RunRecord]) -> "pandas.DataFrame":  # noqa: F8
     (cell, seed, task), read from each run's `eval_<mode>.csv`. The evaluation episodes are fixed
     (`seeds.EVAL_SEED`), so task i is the same episode in every run and on every machine:
     what makes the paired test of `diff --paired` possible."""
-    import pandas as pd
 
     frames = []
     for run in runs:
@@ -248,7 +249,6 @@ class TableDiff:
 
 
 def read_table_csv(path: str | Path, columns: tuple[str, ...] = KEY_COLUMNS, what: str = "table CSV") -> "pandas.DataFrame":  # noqa: F821
-    import pandas as pd
 
     path = Path(path)
     if path.is_dir():
@@ -286,7 +286,6 @@ def compared_columns(old: "pandas.DataFrame", new: "pandas.DataFrame") -> list[s
 
 
 def _is_number_column(frame: "pandas.DataFrame", column: str) -> bool:  # noqa: F821
-    import pandas as pd
 
     if column not in frame.columns:
         return True  # judged by the other side
@@ -304,7 +303,6 @@ def paired_tests(old_tasks: "pandas.DataFrame", new_tasks: "pandas.DataFrame",  
                  keys: list[tuple], alpha: float) -> list[dict[str, Any]]:
     """One row per cell in `keys`: old/new mean over the paired tasks, delta, p-value, and whether
     the cell moved under Holm's correction at family-wise level `alpha` (PAIRED_TEST_METHOD)."""
-    from scipy import stats
 
     key_columns = list(KEY_COLUMNS)
     index = ["seed", "task"]
@@ -330,7 +328,7 @@ def paired_tests(old_tasks: "pandas.DataFrame", new_tasks: "pandas.DataFrame",  
         elif d.std() == 0:
             p_value = 0.0  # every task moved by the same amount
         else:
-            p_value = float(stats.ttest_rel(b.to_numpy(dtype=float), a.to_numpy(dtype=float)).pvalue)
+            p_value = float(scipy.stats.ttest_rel(b.to_numpy(dtype=float), a.to_numpy(dtype=float)).pvalue)
         rows.append({**row, "old": float(a.mean()), "new": float(b.mean()), "delta": float(d.mean()),
                      "p_value": p_value, "note": f"{len(d)} paired tasks"})
     # Holm's step-down: the i-th smallest p-value (0-based) is compared with alpha / (m - i).
@@ -352,7 +350,6 @@ def diff_tables(old: "pandas.DataFrame", new: "pandas.DataFrame", tolerance: flo
     With `alpha` (and the per-task frames), the measurement `ours_mean` is judged by the paired
     test instead (PAIRED_TEST_METHOD) and `ours_ci95` is not compared.
     """
-    import pandas as pd
 
     if tolerance < 0 or math.isnan(tolerance):
         raise UserError(f"--tolerance must be >= 0 (got {tolerance})")
@@ -411,7 +408,6 @@ def _show(value: Any) -> str:
 
 def format_diff(result: TableDiff) -> str:
     """A human-readable report: changed cells ('!' = moved), added/removed rows, a verdict."""
-    import pandas as pd
 
     lines = []
     criterion = (f"paired t-test, Holm family-wise alpha {result.alpha:g}; other numbers within {result.tolerance:g}"

@@ -27,7 +27,7 @@ def test_combine_seeds_uses_t_interval_over_seed_means():
     cell = combine_seeds(results)
     assert cell.mean == pytest.approx(92.0)
     # sd of seed means = 2, t(0.975, 2) = 4.303, S = 3
-    assert cell.ci95 == pytest.approx(4.303 * 2.0 / math.sqrt(3))
+    assert cell.ci95 == pytest.approx(4.303 * 2.0 / math.sqrt(3), rel=1e-4)
     assert cell.basis == "seeds+tasks"
 
 
@@ -38,6 +38,6 @@ def test_combine_seeds_floored_by_task_noise():
 
 
 def test_t_quantile_table_and_tail():
-    assert t_quantile_975(1) == pytest.approx(12.706)
-    assert t_quantile_975(30) == pytest.approx(2.042)
+    assert t_quantile_975(1) == pytest.approx(12.706, abs=1e-3)
+    assert t_quantile_975(30) == pytest.approx(2.042, abs=1e-3)
     assert 1.96 < t_quantile_975(100) < 2.0

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from reptile_tf import datasets, flops, models
 from reptile_tf.bench.measure import median_seconds
+from reptile_tf.networks import CONV_NETS
 from reptile_tf.settings import Settings
 
 def conv_fwd_bwd(conv: Callable[[Any, Any], Any], x: tf.Tensor, kernel: tf.Tensor,
@@ -44,7 +45,8 @@ def profile_ops(settings: Settings, warmup: int, repeats: int, xla: bool = True)
     batch = settings.inner_batch or settings.ways * settings.shots
     layers = flops.network_layers(settings.dataset, settings.ways)
     height, _, channels = datasets.get(settings.dataset).input_shape
-    stride = 2 if settings.dataset == "omniglot" else 1
+    net = CONV_NETS[settings.dataset]
+    stride = net.stride
     rows: list[dict[str, Any]] = []
     rng = tf.random.Generator.from_seed(0)
 
@@ -96,7 +98,7 @@ def profile_ops(settings: Settings, warmup: int, repeats: int, xla: bool = True)
                norm_fwd_bwd(models.folded_batch_norm, models.fold_tasks(y)), norm_work)
         record(f"bn{index + 1} fwd+bwd unfused, task-major (float64 path)", norm_fwd_bwd(models.batch_norm, y), norm_work)
         cin = layer.output_shape[-1]
-        size = -(-layer.output_shape[0] // 2) if settings.dataset == "mini_imagenet" else layer.output_shape[0]
+        size = -(-layer.output_shape[0] // 2) if net.max_pool else layer.output_shape[0]
 
     model = models.get_model(settings.dataset, settings.ways)
     params = models.broadcast_params(model.init(0), tasks)
