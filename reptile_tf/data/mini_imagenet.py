@@ -31,11 +31,13 @@ from reptile_tf.data import omniglot as _omniglot  # noqa: F401  (applies the TF
 
 import tensorflow_datasets as tfds  # noqa: E402
 
+from reptile_tf.datasets import DATASETS  # noqa: E402
+
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
+SPLITS = DATASETS["mini_imagenet"].protocols["ravi"]
 ARCHIVES = ("images-train.zip", "images-val.zip", "images-test.zip")
-IMAGE_SIZE = 84
+IMAGE_SIZE = DATASETS["mini_imagenet"].input_shape[0]
 
 
 def csv_path(raw_dir: Path, split: str) -> Path:

@@ -32,11 +32,13 @@ from typing import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
+from reptile_tf.datasets import DATASETS
+
 log = logging.getLogger(__name__)
 
 ARCHIVES = ("images_background", "images_evaluation")
-VINYALS_SPLITS = ("train", "val", "test", "trainval")
-IMAGE_SIZE = 28
+VINYALS_SPLITS = DATASETS["omniglot"].protocols["vinyals"]
+IMAGE_SIZE = DATASETS["omniglot"].input_shape[0]
 NUM_CHARACTERS = 1623
 DRAWINGS_PER_CHARACTER = 20
 

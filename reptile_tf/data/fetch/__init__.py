@@ -86,7 +86,6 @@ from reptile_tf.data.fetch.verify import (
     count_listed_images,
     file_sha256,
     read_ravi_csv,
-    safe_extract,
     split_of,
     tree_digest,
     unsafe_member_reason,
@@ -524,6 +523,6 @@ __all__ = [
     "MIRROR_FOLDER", "OFFICIAL_SHA256", "OMNIGLOT_FILES", "OMNIGLOT_SPLITS", "RAVI_SPLITS", "STAMP_NAME",
     "STAMP_VERSION", "Source", "TransferLimits", "USER_COPY_ARCHIVES", "VerifyContext", "build_sources",
     "configure_parser", "count_listed_images", "fetch", "file_sha256", "limits_from_args", "main",
-    "mirrors_from_env", "project_knows", "project_sha256", "read_ravi_csv", "safe_extract", "stamp_is_current",
+    "mirrors_from_env", "project_knows", "project_sha256", "read_ravi_csv", "stamp_is_current",
     "summary", "tree_digest", "unsafe_member_reason", "verify_file",
 ]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-import shutil
 import stat
 import zipfile
 import zlib
@@ -36,7 +35,6 @@ from reptile_tf.data.fetch.known import (
     project_knows,
     project_sha256,
 )
-from reptile_tf.errors import UserError
 
 _CHUNK = 1 << 20
 # What reading a damaged zip can raise: zlib.error comes from a corrupt deflate stream.
@@ -116,40 +114,6 @@ def inspect_archive(path: Path, rel: str, dataset: str, expected: str) -> Archiv
                        f"expected {expected}") from None
     images = sum(1 for n in names if n.lower().endswith(IMAGE_SUFFIXES[dataset]))
     return ArchiveFacts(names, images)
-
-
-def safe_extract(zip_path: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
-    """Extract a zip into `dest`, refusing members with absolute paths, `..` or symlinks.
-
-    All members are checked before anything is written. Returns the extracted file paths.
-    """
-    zip_path, dest = Path(zip_path), Path(dest)
-    try:
-        with zipfile.ZipFile(zip_path) as archive:
-            try:
-                check_members_safe(archive, str(zip_path))
-            except Rejected as err:
-                raise UserError(f"{err}. Obtain the archive again from a trusted source.") from None
-            dest.mkdir(parents=True, exist_ok=True)
-            root = dest.resolve()
-            written = []
-            for info in archive.infolist():
-                target = (root / info.filename).resolve()
-                if root not in target.parents and target != root:  # belt and braces
-                    raise UserError(f"{zip_path}: member {info.filename!r} would escape {dest}; refusing")
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(info) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out, _CHUNK)
-                written.append(target)
-            return written
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as err:
-        raise UserError(f"{zip_path} is not a readable zip archive ({err}); it is corrupt or truncated") from None
-
-
-# --------------------------------------------------------------------------- Ravi CSVs
 
 
 def read_ravi_csv(path: str | os.PathLike) -> dict[str, str]:
@@ -277,6 +241,6 @@ def _verify_user_mini_archive(rel: str, names: Sequence[str], ctx: VerifyContext
 
 __all__ = [
     "ArchiveFacts", "Rejected", "VerifyContext", "check_members_safe", "count_listed_images",
-    "expectation_text", "file_sha256", "inspect_archive", "read_ravi_csv", "safe_extract", "split_of", "tree_digest",
+    "expectation_text", "file_sha256", "inspect_archive", "read_ravi_csv", "split_of", "tree_digest",
     "unsafe_member_reason", "verify_file",
 ]
