@@ -84,8 +84,8 @@ def test_evaluation_adapts_from_training_or_fresh_adam_state():
         want = model.loss(model.apply(adapted, episodes["query_x"]), episodes["query_y"]).numpy()
         np.testing.assert_allclose(scores[choice], want, rtol=1e-5)
     assert not np.allclose(scores["training"], scores["fresh"])
-    with pytest.raises(UserError, match="eval_adam_state"):
-        scoring.adaptation_adam_state(settings.replace(eval_adam_state="warm"), state)
+    with pytest.raises(UserError, match="eval_adam_state"):  # the value's check lives in Settings
+        settings.replace(eval_adam_state="warm").validate()
 
 
 def _load_fidelity():
