@@ -134,6 +134,8 @@ def eval_runner(w: dict, generator: torch.Generator) -> Callable[[], None]:
 RUNNERS = {"reptile": reptile_runner, "maml": maml_runner, "eval": eval_runner}
 
 
+# The same timing rule as reptile_tf.bench.measure.median_seconds, written again on purpose: this
+# script runs in the peers' PyTorch environment, which has neither TensorFlow nor reptile_tf.
 def median_seconds(fn: Callable[[], None], warmup: int, repeats: int) -> float:
     for _ in range(warmup):
         fn()
