@@ -131,11 +131,13 @@ def tuned_model(arch: str, num_outputs: int, tasks: int, batch: int, dtype: tf.D
     return default if path == default.conv_path else get_model(arch, num_outputs, conv_path=path)
 
 
-def training_model(settings: Settings, mixed_precision: bool = False, conv_path: str | None = None) -> Model:
+def training_model(settings: Settings, mixed_precision: bool = False, conv_path: str | None = None,
+                   seeds: int = 1) -> Model:
     """The network a run trains, its conv path tuned for one meta-batch: `meta_batch` tasks of one
-    inner minibatch (the whole training set of a task when `inner_batch` is 0, as MAML's)."""
+    inner minibatch (the whole training set of a task when `inner_batch` is 0, as MAML's), times
+    `seeds` when that many runs train together in one call (`train.train_seeds`)."""
     batch = settings.inner_batch or settings.ways * settings.train_shots
-    return tuned_model(settings.dataset, settings.num_outputs, settings.meta_batch, batch,
+    return tuned_model(settings.dataset, settings.num_outputs, settings.meta_batch * seeds, batch,
                        tf.bfloat16 if mixed_precision else tf.float32, conv_path)
 
 

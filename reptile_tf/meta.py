@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import tensorflow as tf
 
@@ -436,17 +436,31 @@ def maml_meta_gradient(model: Model, params: Params, xs: tf.Tensor, ys: tf.Tenso
     updates and so gives the gradient of the query loss at the adapted params.
     Returns (meta_gradient, inner result, per-task query losses `[T]`, query accuracies `[T]`).
     """
-    num_tasks = _num_tasks(xs)
+    grads, results, losses, accuracies = _maml_meta_gradients(model, [params], xs, ys, query_x, query_y, cfg)
+    return grads[0], results[0], losses[0], accuracies[0]
+
+
+def _maml_meta_gradients(model: Model, params: Sequence[Params], xs: tf.Tensor, ys: tf.Tensor, query_x: tf.Tensor,
+                         query_y: tf.Tensor, cfg: InnerConfig
+                         ) -> tuple[list[Params], list[InnerResult], list[tf.Tensor], list[tf.Tensor]]:
+    """`maml_meta_gradient` of a seed group: `params` one phi per seed, the other tensors the seeds'
+    tasks on one axis (seed by seed); every list holds one entry per seed. One tape, one inner loop:
+    the gradient of the sum of the seeds' meta-losses w.r.t. a seed's phi is that seed's own, since
+    its phi reaches only its own tasks."""
+    groups = len(params)
+    model = _per_seed_loss(model, groups)
     with tf.GradientTape() as tape:
         tape.watch(params)
-        task_params = broadcast_params(params, num_tasks)
+        task_params = _group_params(params, _tasks_per_seed(xs, groups))
         # MAML keeps no inner optimizer state across tasks (fresh Adam moments if Adam is used).
         result = inner_loop(model, task_params, xs, ys, replace(cfg, unroll=True), None)
         outputs = model.apply(result.params, query_x)
-        query_losses = model.loss(outputs, query_y)
-        meta_loss = tf.reduce_mean(query_losses)
-    meta_grad = tape.gradient(meta_loss, params)
-    return meta_grad, result, query_losses, model.accuracy(outputs, query_y)
+        query_losses = _split_tasks(model.loss(outputs, query_y), groups)
+        meta_losses = [tf.reduce_mean(losses) for losses in query_losses]
+        meta_loss = meta_losses[0] if groups == 1 else tf.add_n(meta_losses)
+    meta_grads = tape.gradient(meta_loss, list(params))
+    return (meta_grads, _split_result(result, groups), query_losses,
+            _split_tasks(model.accuracy(outputs, query_y), groups))
 
 
 def maml_update(params: Params, meta_grad: Params, adam_state: AdamState | None, lr,
@@ -543,17 +557,115 @@ def schedule_seed(state: dict[str, tf.Tensor], salt: int = 0) -> tf.Tensor:
     return tf.stack([tf.cast(state["rng_seed"], tf.int64), tf.cast(state["step"], tf.int64) * 16 + salt])
 
 
+# ----------------------------------------------------------------------------- seed groups
+# A seed group: the meta-batches of S runs (seeds) at the same meta-iteration on one task axis, S*T
+# tasks in one inner loop, each task starting from its own seed's phi. Tasks never mix in any op, so
+# each seed computes what it computes alone; one seed is the group of one, and every helper below
+# returns a single seed's tensor untouched, so its graph is the one it always was.
+
+
+def _concat_tasks(parts: Sequence[tf.Tensor]) -> tf.Tensor:
+    """The seeds' per-task tensors on one task axis (one seed's tensor as it is)."""
+    return parts[0] if len(parts) == 1 else tf.concat(list(parts), axis=0)
+
+
+def _split_tasks(value: tf.Tensor, groups: int, axis: int = 0) -> list[tf.Tensor]:
+    """`groups` equal parts along the task axis: the inverse of `_concat_tasks`."""
+    return [value] if groups == 1 else tf.split(value, groups, axis=axis)
+
+
+def _concat_params(parts: Sequence[Params]) -> Params:
+    return {name: _concat_tasks([part[name] for part in parts]) for name in parts[0]}
+
+
+def _split_params(params: Params, groups: int) -> list[Params]:
+    pieces = {name: _split_tasks(value, groups) for name, value in params.items()}
+    return [{name: pieces[name][g] for name in params} for g in range(groups)]
+
+
+def _group_params(params: Sequence[Params], tasks_per_seed) -> Params:
+    """Per-task params `[S*T, ...]`: T copies of each seed's phi, seed by seed."""
+    return _concat_params([broadcast_params(p, tasks_per_seed) for p in params])
+
+
+def _group_adam(shared: Sequence[AdamState], tasks_per_seed) -> AdamState:
+    """Each task starts from its own seed's shared inner Adam moments. The step count is one scalar:
+    seeds of a group are at the same meta-iteration, so their counts are equal (`_check_same_step`)."""
+    return {"m": _group_params([s["m"] for s in shared], tasks_per_seed),
+            "v": _group_params([s["v"] for s in shared], tasks_per_seed), "t": shared[0]["t"]}
+
+
+def _split_opt_state(state: OptState, groups: int) -> list[OptState]:
+    if not state:  # SGD keeps none
+        return [state] * groups
+    m, v = _split_params(state["m"], groups), _split_params(state["v"], groups)
+    return [{"m": m[g], "v": v[g], "t": state["t"]} for g in range(groups)]
+
+
+def _split_result(result: InnerResult, groups: int) -> list[InnerResult]:
+    """The inner result of a seed group as one InnerResult per seed (its T tasks)."""
+    if groups == 1:
+        return [result]
+    params, prev = _split_params(result.params, groups), _split_params(result.prev_params, groups)
+    grads = None if result.grads is None else [_split_params(g, groups) for g in result.grads]
+    losses, accuracies = _split_tasks(result.losses, groups, 1), _split_tasks(result.accuracies, groups, 1)
+    opt_states = _split_opt_state(result.opt_state, groups)
+    return [InnerResult(params[g], prev[g], None if grads is None else [step[g] for step in grads], losses[g],
+                        accuracies[g], opt_states[g]) for g in range(groups)]
+
+
+def _per_seed_loss(model: Model, groups: int) -> Model:
+    """`model` whose loss runs once per seed on that seed's own tasks (one seed: `model` itself).
+
+    Measured: the softmax cross-entropy's gradient (exp/log, evaluated in SIMD packets and a scalar
+    tail) rounds a task's logits differently when they start elsewhere in the buffer, by ~1e-8, and
+    the inner loop grows that to ~1e-6. Split by seed, every loss op sees a buffer of the shape it
+    sees alone, so a seed's numbers are its own bit for bit. The network's ops need no such care:
+    each task's block there spans whole SIMD packets (64 channels per task)."""
+    if groups == 1:
+        return model
+
+    def loss(outputs: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        return _concat_tasks([model.loss(out, lab) for out, lab in zip(_split_tasks(outputs, groups),
+                                                                      _split_tasks(labels, groups))])
+
+    return replace(model, loss=loss)
+
+
+def _tasks_per_seed(xs: tf.Tensor, groups: int):
+    return _num_tasks(xs) // groups
+
+
+def _check_same_step(states: Sequence[dict[str, tf.Tensor]]) -> None:
+    """Seeds of a group share the inner Adam step count and the outer step size: same meta-iteration."""
+    if len(states) == 1:
+        return
+    steps = [state["step"] for state in states]
+    if tf.executing_eagerly():
+        values = sorted({int(step) for step in steps})
+        if len(values) > 1:
+            raise UserError(f"the seeds of a group are at different meta-iterations ({values}); group only runs "
+                            "at the same iteration, or train each seed alone")
+        return
+    for step in steps[1:]:
+        tf.debugging.assert_equal(step, steps[0], message="the seeds of a group are at different meta-iterations")
+
+
 # ----------------------------------------------------------------------------- algorithms (registry)
 
 
-def _parallel_mean_inner(model: Model, params: Params, xs: tf.Tensor, ys: tf.Tensor, tail_x, tail_y,
-                         cfg: InnerConfig, shared: AdamState | None) -> tuple[InnerResult, AdamState | None]:
-    """All tasks at once, each from phi and from the shared inner state; the new shared state is the
-    tasks' mean (`inner_adam_mode="parallel_mean"`, the default). Losses/accuracies of the support
-    steps and the tail step are concatenated."""
-    num_tasks = _num_tasks(xs)
-    task_params = broadcast_params(params, num_tasks)
-    opt_state = _broadcast_adam(shared, num_tasks) if shared is not None else None
+def _parallel_mean_inner(model: Model, params: Sequence[Params], xs: tf.Tensor, ys: tf.Tensor, tail_x, tail_y,
+                         cfg: InnerConfig, shared: Sequence[AdamState] | None
+                         ) -> tuple[list[InnerResult], list[AdamState | None]]:
+    """All tasks of all seeds at once, each from its seed's phi and shared inner state; a seed's new
+    shared state is the mean over its tasks (`inner_adam_mode="parallel_mean"`, the default).
+    Losses/accuracies of the support steps and the tail step are concatenated. `params`, `shared`:
+    one per seed; xs, ys, tail_x, tail_y: the seeds' tasks on one axis, seed by seed."""
+    groups = len(params)
+    model = _per_seed_loss(model, groups)
+    tasks = _tasks_per_seed(xs, groups)
+    task_params = _group_params(params, tasks)
+    opt_state = _group_adam(shared, tasks) if shared is not None else None
     parts = []
     if xs.shape[1] > 0:
         result = inner_loop(model, task_params, xs, ys, cfg, opt_state)
@@ -564,12 +676,17 @@ def _parallel_mean_inner(model: Model, params: Params, xs: tf.Tensor, ys: tf.Ten
         parts.append(result)
     result = result._replace(losses=tf.concat([part.losses for part in parts], axis=0),
                              accuracies=tf.concat([part.accuracies for part in parts], axis=0))
-    return result, (_mean_adam(result.opt_state) if shared is not None else None)
+    results = _split_result(result, groups)
+    return results, [_mean_adam(r.opt_state) if shared is not None else None for r in results]
 
 
-def _sequential_inner(model: Model, params: Params, xs: tf.Tensor, ys: tf.Tensor, tail_x, tail_y,
-                      cfg: InnerConfig, shared: AdamState) -> tuple[InnerResult, AdamState]:
-    return sequential_inner_loops(model, params, xs, ys, cfg, shared, tail_x, tail_y)
+def _sequential_inner(model: Model, params: Sequence[Params], xs: tf.Tensor, ys: tf.Tensor, tail_x, tail_y,
+                      cfg: InnerConfig, shared: Sequence[AdamState]) -> tuple[list[InnerResult], list[AdamState]]:
+    if len(params) > 1:
+        raise UserError("inner_adam_mode 'sequential' runs the tasks of a meta-batch one after another, so seeds "
+                        "cannot share one call; train each seed alone (one --seed)")
+    result, carried = sequential_inner_loops(model, params[0], xs, ys, cfg, shared[0], tail_x, tail_y)
+    return [result], [carried]
 
 
 # settings.inner_adam_mode -> how the tasks of a meta-batch share a kept inner optimizer state.
@@ -577,7 +694,7 @@ INNER_STATE_MODES: dict[str, Callable] = {"parallel_mean": _parallel_mean_inner,
 
 
 class OuterStep(NamedTuple):
-    """What an algorithm's outer update returns to `meta_step_on_minibatches`."""
+    """What an algorithm's outer update returns to `meta_step_seeds_on_minibatches`, per seed."""
 
     params: Params  # the new meta-parameters phi
     state: dict[str, tf.Tensor]  # meta-state entries it replaces (inner_adam/..., outer_adam/...)
@@ -596,40 +713,49 @@ def fomaml_outer(params: Params, inner: InnerResult, epsilon) -> Params:
     return fomaml_update(params, inner.params, inner.prev_params, epsilon)
 
 
-def _interpolation(outer_update: Callable[[Params, InnerResult, Any], Params]) -> Callable[..., OuterStep]:
-    """Reptile / FOMAML: every task's inner loop from phi (with the kept inner optimizer state, shared
-    as `settings.inner_adam_mode` says), then phi <- outer_update(phi, inner result, eps)."""
+def _interpolation(outer_update: Callable[[Params, InnerResult, Any], Params]) -> Callable[..., list[OuterStep]]:
+    """Reptile / FOMAML: every task's inner loop from its seed's phi (with the kept inner optimizer
+    state, shared as `settings.inner_adam_mode` says), then per seed phi <- outer_update(phi, its
+    tasks' inner result, eps)."""
 
-    def step(model, settings, state, params, xs, ys, batch, cfg, outer_lr) -> OuterStep:
+    def step(model, settings, states, params, xs, ys, batch, cfg, outer_lr) -> list[OuterStep]:
         tail = settings.uses_tail_batch
-        shared = inner_adam_from_state(state)
-        run = INNER_STATE_MODES[settings.inner_adam_mode if shared is not None else "parallel_mean"]
-        result, carried = run(model, params, xs, ys, batch["query_x"] if tail else None,
-                              batch["query_y"] if tail else None, cfg, shared)
-        new_params = outer_update(params, result, outer_lr)
-        kept = _flatten_adam("inner_adam", carried) if carried is not None else {}
-        return OuterStep(new_params, kept, result.losses, result.accuracies, {})
+        shared = [inner_adam_from_state(state) for state in states]
+        keeps = shared[0] is not None
+        run = INNER_STATE_MODES[settings.inner_adam_mode if keeps else "parallel_mean"]
+        results, carried = run(model, params, xs, ys, batch["query_x"] if tail else None,
+                               batch["query_y"] if tail else None, cfg, shared if keeps else None)
+        return [OuterStep(outer_update(phi, result, outer_lr),
+                          _flatten_adam("inner_adam", kept) if kept is not None else {}, result.losses,
+                          result.accuracies, {})
+                for phi, result, kept in zip(params, results, carried)]
 
     return step
 
 
-def _maml(model, settings, state, params, xs, ys, batch, cfg, outer_lr) -> OuterStep:
-    """MAML: the meta-gradient of the query loss through the inner loop, then the outer optimizer."""
-    meta_grad, result, query_losses, query_accuracies = maml_meta_gradient(
+def _maml(model, settings, states, params, xs, ys, batch, cfg, outer_lr) -> list[OuterStep]:
+    """MAML: per seed, the meta-gradient of its query loss through the inner loop, then its outer optimizer."""
+    meta_grads, results, query_losses, query_accuracies = _maml_meta_gradients(
         model, params, xs, ys, batch["query_x"], batch["query_y"], cfg)
-    new_params, outer = maml_update(params, meta_grad, _unflatten_adam("outer_adam", state), outer_lr,
-                                    settings.outer_optimizer)
-    metrics = {"query_loss": tf.reduce_mean(tf.cast(query_losses, tf.float32)),
-               "query_accuracy": tf.reduce_mean(query_accuracies)}
-    kept = _flatten_adam("outer_adam", outer) if outer is not None else {}
-    return OuterStep(new_params, kept, result.losses, result.accuracies, metrics)
+    steps = []
+    for state, phi, grad, result, losses, accuracies in zip(states, params, meta_grads, results, query_losses,
+                                                            query_accuracies):
+        new_params, outer = maml_update(phi, grad, _unflatten_adam("outer_adam", state), outer_lr,
+                                        settings.outer_optimizer)
+        metrics = {"query_loss": tf.reduce_mean(tf.cast(losses, tf.float32)),
+                   "query_accuracy": tf.reduce_mean(accuracies)}
+        kept = _flatten_adam("outer_adam", outer) if outer is not None else {}
+        steps.append(OuterStep(new_params, kept, result.losses, result.accuracies, metrics))
+    return steps
 
 
 class Algorithm(NamedTuple):
     """A meta-learning algorithm, as `meta_step`, `init_meta_state` and the theory look it up by name.
 
-    outer_update(model, settings, state, params, xs, ys, batch, cfg, outer_lr) -> OuterStep: the
-        inner loops on the drawn minibatches and the outer update of phi.
+    outer_update(model, settings, states, params, xs, ys, batch, cfg, outer_lr) -> [OuterStep]: the
+        inner loops on the drawn minibatches and the outer update of phi, for a seed group: `states`,
+        `params` one per seed, xs/ys/batch the seeds' tasks on one task axis (seed by seed); one
+        OuterStep per seed. A single run is the group of one.
     query_set: needs the episode's query set (MAML's query loss).
     keeps_inner_state: the inner optimizer's state persists across meta-iterations (official code);
         MAML starts every task from a fresh one.
@@ -638,7 +764,7 @@ class Algorithm(NamedTuple):
     Whether the last inner step is on a tail minibatch (FOMAML) is `Settings.uses_tail_batch`.
     """
 
-    outer_update: Callable[..., OuterStep]
+    outer_update: Callable[..., list[OuterStep]]
     query_set: bool = False
     keeps_inner_state: bool = False
     uses_outer_optimizer: bool = False
@@ -651,20 +777,8 @@ ALGORITHMS: dict[str, Algorithm] = {
 }
 
 
-def meta_step_on_minibatches(model: Model, settings, state: dict[str, tf.Tensor], xs: tf.Tensor, ys: tf.Tensor,
-                             batch: dict[str, tf.Tensor], outer_lr) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
-    """`meta_step` once the inner minibatches are drawn: `ALGORITHMS[settings.algorithm]`'s outer update.
-
-    xs `[T, k, b, ...]`, ys `[T, k, b]`: the support-set minibatch of each inner step (k steps;
-    FOMAML with a tail takes one more, on batch["query_x"/"query_y"]; MAML's query loss is on
-    them). `batch` needs the query keys only when the algorithm uses them. The theory checks call
-    this on minibatches of their choosing. Returns (new state, metrics) as `meta_step`.
-    """
-    algorithm = _check_settings(settings)
-    _check_queries(settings, algorithm, batch)
-    params = params_from_state(state)
-    cfg = InnerConfig.from_settings(settings)
-    step = algorithm.outer_update(model, settings, state, params, xs, ys, batch, cfg, outer_lr)
+def _apply_outer(state: dict[str, tf.Tensor], step: OuterStep) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+    """One seed's new meta state and metrics from its outer step."""
     new_state = dict(state)
     new_state.update(step.state)
     new_state.update(_flatten("params", step.params))
@@ -673,6 +787,75 @@ def meta_step_on_minibatches(model: Model, settings, state: dict[str, tf.Tensor]
     metrics["loss"] = tf.reduce_mean(tf.cast(step.losses, tf.float32))
     metrics["accuracy"] = tf.reduce_mean(step.accuracies)
     return new_state, metrics
+
+
+def _check_group(states: Sequence, *per_seed: Sequence) -> int:
+    groups = len(states)
+    if groups < 1 or any(len(values) != groups for values in per_seed):
+        raise UserError(f"a seed group needs one state and one meta-batch per seed (got {groups} states and "
+                        f"{[len(values) for values in per_seed]} meta-batches)")
+    return groups
+
+
+def meta_step_seeds_on_minibatches(model: Model, settings, states: Sequence[dict[str, tf.Tensor]],
+                                   xs: Sequence[tf.Tensor], ys: Sequence[tf.Tensor],
+                                   batches: Sequence[dict[str, tf.Tensor]], outer_lr
+                                   ) -> tuple[list[dict[str, tf.Tensor]], list[dict[str, tf.Tensor]]]:
+    """`meta_step_on_minibatches` for a seed group: one state, minibatches and meta-batch per seed
+    (equal task counts, same meta-iteration), all tasks in one inner loop, each seed's outer update
+    as alone. Returns (new states, metrics), one per seed."""
+    algorithm = _check_settings(settings)
+    _check_group(states, xs, ys, batches)
+    for batch in batches:
+        _check_queries(settings, algorithm, batch)
+    counts = {x.shape[0] for x in xs}
+    if len(counts) > 1 and None not in counts:
+        raise UserError(f"the seeds of a group need meta-batches of equal size (got {sorted(counts)} tasks)")
+    _check_same_step(states)
+    params = [params_from_state(state) for state in states]
+    cfg = InnerConfig.from_settings(settings)
+    keys = [key for key in batches[0] if all(key in batch for batch in batches)]
+    batch = {key: _concat_tasks([b[key] for b in batches]) for key in keys}
+    steps = algorithm.outer_update(model, settings, list(states), params, _concat_tasks(xs), _concat_tasks(ys),
+                                   batch, cfg, outer_lr)
+    new_states, metrics = zip(*[_apply_outer(state, step) for state, step in zip(states, steps)])
+    return list(new_states), list(metrics)
+
+
+def meta_step_on_minibatches(model: Model, settings, state: dict[str, tf.Tensor], xs: tf.Tensor, ys: tf.Tensor,
+                             batch: dict[str, tf.Tensor], outer_lr) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+    """`meta_step` once the inner minibatches are drawn: `ALGORITHMS[settings.algorithm]`'s outer update.
+
+    xs `[T, k, b, ...]`, ys `[T, k, b]`: the support-set minibatch of each inner step (k steps;
+    FOMAML with a tail takes one more, on batch["query_x"/"query_y"]; MAML's query loss is on
+    them). `batch` needs the query keys only when the algorithm uses them. The theory checks call
+    this on minibatches of their choosing. Returns (new state, metrics) as `meta_step`.
+    The seed group of one (`meta_step_seeds_on_minibatches`).
+    """
+    states, metrics = meta_step_seeds_on_minibatches(model, settings, [state], [xs], [ys], [batch], outer_lr)
+    return states[0], metrics[0]
+
+
+def meta_step_seeds(model: Model, settings, states: Sequence[dict[str, tf.Tensor]],
+                    batches: Sequence[dict[str, tf.Tensor]], outer_lr
+                    ) -> tuple[list[dict[str, tf.Tensor]], list[dict[str, tf.Tensor]]]:
+    """One meta-iteration of S runs (seeds) in one call: `meta_step` of each (state, batch) pair,
+    bit for bit, with all S*T tasks in one inner loop (more work per kernel where tasks are few).
+
+    Each seed draws its inner minibatches from its own `schedule_seed`, its tasks start from its own
+    phi (and inner Adam moments), and its outer update sees only its own tasks. The states must be
+    at the same meta-iteration (one outer step size); `inner_adam_mode="sequential"` takes one seed.
+    Returns (new states, metrics), one per seed.
+    """
+    algorithm = _check_settings(settings)
+    _check_group(states, batches)
+    for batch in batches:
+        _check_queries(settings, algorithm, batch)
+    steps = settings.inner_steps - (1 if settings.uses_tail_batch else 0)  # the tail takes the last step
+    drawn = [make_inner_batches(batch["support_x"], batch["support_y"], settings.inner_batch, steps,
+                                schedule_seed(state)) for state, batch in zip(states, batches)]
+    return meta_step_seeds_on_minibatches(model, settings, states, [x for x, _ in drawn], [y for _, y in drawn],
+                                          batches, outer_lr)
 
 
 def meta_step(model: Model, settings, state: dict[str, tf.Tensor], batch: dict[str, tf.Tensor],
@@ -686,14 +869,11 @@ def meta_step(model: Model, settings, state: dict[str, tf.Tensor], batch: dict[s
     Returns (new state, metrics): "loss"/"accuracy" = mean over tasks and inner steps of the
     minibatch loss/accuracy before each step; MAML adds "query_loss"/"query_accuracy" after
     adaptation. Draws the inner minibatches (`make_inner_batches`, seeded by `schedule_seed`),
-    then `meta_step_on_minibatches` looks the algorithm up in ALGORITHMS.
+    then `meta_step_on_minibatches` looks the algorithm up in ALGORITHMS. The seed group of one
+    (`meta_step_seeds`).
     """
-    algorithm = _check_settings(settings)
-    _check_queries(settings, algorithm, batch)
-    steps = settings.inner_steps - (1 if settings.uses_tail_batch else 0)  # the tail takes the last step
-    xs, ys = make_inner_batches(batch["support_x"], batch["support_y"], settings.inner_batch, steps,
-                                schedule_seed(state))
-    return meta_step_on_minibatches(model, settings, state, xs, ys, batch, outer_lr)
+    states, metrics = meta_step_seeds(model, settings, [state], [batch], outer_lr)
+    return states[0], metrics[0]
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -135,6 +135,31 @@ def deterministic_runtime(xla: bool = False) -> bool:
     return True
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def bfloat16_cpu_note() -> str | None:
+    """Why bfloat16 does not pay on this CPU (None on a GPU): measured, not assumed
+    (benchmarks/mixed_precision.py; results/benchmarks/<class>/mixed_precision.md)."""
+    if tf.config.list_logical_devices("GPU"):
+        return None
+    bf16 = [flag for flag in cpu_info()["flags"] if flag in BF16_CPU_FLAGS]
+    where = f"results/benchmarks/{cpu_class()}/mixed_precision.md"
+    if bf16:
+        return (f"reptile-tf: --mixed-precision on a CPU with {', '.join(bf16)}: measured no faster than float32 "
+                f"at this project's shapes (see {where}): oneDNN's bfloat16 kernels speed up the convolutions' "
+                "forward and input gradient, but the kernel gradient, batch norm and the element-wise ops get "
+                "slower. float32 is the better choice on this CPU; bfloat16 is meant for GPUs and TPUs")
+    return ("reptile-tf: --mixed-precision on a CPU without bfloat16 instructions (no AVX512_BF16 or AMX): "
+            "TensorFlow converts bfloat16 in software here, so it runs slower than float32 "
+            f"(see {where}); bfloat16 is meant for GPUs, TPUs and CPUs with those instructions")
+
+
+@functools.cache
+def _say_once(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 @contextlib.contextmanager
 def precision_policy(mixed: bool) -> Iterator[None]:
     """With `mixed`, compute in bfloat16 (float32 params, losses and updates) inside the block.
@@ -145,6 +170,9 @@ def precision_policy(mixed: bool) -> Iterator[None]:
     if not mixed:
         yield
         return
+    note = bfloat16_cpu_note()
+    if note:
+        _say_once(note)
     previous = tf.keras.mixed_precision.global_policy()
     tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:

@@ -20,7 +20,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -69,11 +69,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="classes per task (paper: Omniglot 5 or 20, Mini-ImageNet 5)")
     parser.add_argument("--shots", type=int, required=True, metavar="K",
                         help="support examples per class (paper: 1 or 5)")
-    parser.add_argument("--seed", type=int, required=True,
-                        help="fixes initialisation, task sampling and data order (the paper presets use 0, 1, 2)")
-    parser.add_argument("--out", type=Path, default=None, metavar="RUN_DIR",
+    seeds = parser.add_mutually_exclusive_group(required=True)
+    seeds.add_argument("--seed", type=int,
+                       help="fixes initialisation, task sampling and data order (the paper presets use 0, 1, 2)")
+    seeds.add_argument("--seeds", type=parse_seeds, metavar="S,S,...",
+                       help="several seeds trained together in one compiled call (their tasks side by side: more "
+                            "work per kernel), each into its own run directory, each bit for bit as trained alone "
+                            "with the same --conv-path; --out then needs a {seed} placeholder")
+    parser.add_argument("--out", type=str, default=None, metavar="RUN_DIR",
                         help="run directory; re-running into it resumes (default: "
-                             "runs/<dataset>/<algorithm>_<ways>way_<shots>shot_seed<seed>)")
+                             "runs/<dataset>/<algorithm>_<ways>way_<shots>shot_seed<seed>); with --seeds a pattern "
+                             "such as runs/x/seed{seed}")
     parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                         help=f"prepared TFDS data directory (default: {DEFAULT_DATA_DIR})")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="reptile",
@@ -139,6 +145,35 @@ def resolve_settings(algorithm: str, dataset: str, ways: int, shots: int,
 def default_run_dir(settings: Settings, seed: int) -> Path:
     return Path("runs") / settings.dataset / (
         f"{settings.algorithm}_{settings.ways}way_{settings.shots}shot_seed{seed}")
+
+
+SEED_PLACEHOLDER = "{seed}"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 0,1,2` -> [0, 1, 2] (distinct integers)."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2 (got {text!r})") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct comma-separated integers such as 0,1,2 (got {text!r})")
+    return seeds
+
+
+def run_dirs_for(out: str | None, settings: Settings, seeds: list[int], pattern: bool) -> list[Path]:
+    """The run directory of each seed: `out` as given (`--seed`), `out` with {seed} filled in
+    (`--seeds`), or `default_run_dir`."""
+    if out is None:
+        return [default_run_dir(settings, seed) for seed in seeds]
+    if not pattern:
+        return [Path(out)]
+    if SEED_PLACEHOLDER not in out:
+        if len(seeds) > 1:
+            raise UserError(f"--out {out} is one directory for {len(seeds)} seeds; put {SEED_PLACEHOLDER} in it "
+                            f"(e.g. --out '{out.rstrip('/')}/seed{SEED_PLACEHOLDER}')")
+        return [Path(out)]
+    return [Path(out.replace(SEED_PLACEHOLDER, str(seed))) for seed in seeds]
 
 
 # ---------------------------------------------------------------- config / run dir
@@ -249,21 +284,44 @@ def task_seed(seed: int, iteration: Any) -> tf.Tensor:
     return tf.cast(folded % (2**31 - 1), tf.int32)
 
 
+def _group_step(model: Model, settings: Settings, variables: list[TrainingVariables], sample: Callable,
+                seeds: list[int]) -> tuple[list[dict], list[dict]]:
+    """The body of a compiled meta-iteration of one or more seeds: each samples its own meta-batch
+    (`task_seed(seed, iteration)`), `meta.meta_step_seeds` runs them in one inner loop, each assigns
+    its own state and counts its own iteration. One seed: exactly `meta.meta_step`."""
+    iterations = [v.iteration.read_value() for v in variables]
+    batches = [sample(settings.meta_batch, task_seed(seed, iteration)) for seed, iteration in zip(seeds, iterations)]
+    states = [tf.nest.map_structure(lambda v: v.read_value(), v.state) for v in variables]
+    # Seeds of a group are at the same iteration (train_seeds), so one outer step size serves all.
+    new_states, metrics = meta.meta_step_seeds(model, settings, states, batches, outer_lr_at(settings, iterations[0]))
+    for v, new_state in zip(variables, new_states):
+        tf.nest.map_structure(lambda var, t: var.assign(t), v.state, new_state)
+        v.iteration.assign_add(1)
+    return metrics, [health_signals(m, new_state) for m, new_state in zip(metrics, new_states)]
+
+
 def build_step(model: Model, settings: Settings, variables: TrainingVariables, sample: Callable,
                seed: int, xla: bool = False) -> Callable[[], dict]:
     """One compiled meta-iteration: sample a meta-batch in-graph, meta_step, assign, count.
 
     No arguments: the iteration comes from `variables.iteration`, so there is one trace.
+    Returns (metrics, health) of the run.
     """
     @tf.function(jit_compile=xla)
     def step():
-        iteration = variables.iteration.read_value()
-        batch = sample(settings.meta_batch, task_seed(seed, iteration))
-        state = tf.nest.map_structure(lambda v: v.read_value(), variables.state)
-        new_state, metrics = meta.meta_step(model, settings, state, batch, outer_lr_at(settings, iteration))
-        tf.nest.map_structure(lambda v, t: v.assign(t), variables.state, new_state)
-        variables.iteration.assign_add(1)
-        return metrics, health_signals(metrics, new_state)
+        metrics, health = _group_step(model, settings, [variables], sample, [seed])
+        return metrics[0], health[0]
+
+    return step
+
+
+def build_group_step(model: Model, settings: Settings, variables: list[TrainingVariables], sample: Callable,
+                     seeds: list[int], xla: bool = False) -> Callable[[], tuple[list[dict], list[dict]]]:
+    """`build_step` of several seeds at the same iteration in one compiled call; returns one
+    (metrics, health) list entry per seed."""
+    @tf.function(jit_compile=xla)
+    def step():
+        return _group_step(model, settings, variables, sample, seeds)
 
     return step
 
@@ -365,20 +423,63 @@ def train(settings: Settings, seed: int, run_dir: Path, options: RunOptions = Ru
 
     `train_images` lets callers (tests) pass an already loaded training split.
     Disk-full and permission errors of any write are UserErrors (one line, no traceback).
+    The seed group of one (`train_seeds`).
     """
+    return train_seeds(settings, [seed], [run_dir], options, data_dir, progress, train_images, conv_path)[0]
+
+
+def train_seeds(settings: Settings, seeds: Sequence[int], run_dirs: Sequence[Path], options: RunOptions = RunOptions(),
+                data_dir: Path | None = None, progress: bool | str = True,
+                train_images: np.ndarray | tf.Tensor | None = None, conv_path: str | None = None) -> list[Path]:
+    """`train` of several seeds of one setting together: one compiled call per meta-iteration runs
+    every seed's tasks side by side (`meta.meta_step_seeds`), each seed into its own run directory
+    (config.json, checkpoints, metrics.jsonl, validation, DONE as `train` writes them alone; the
+    group is recorded in `environment.seed_group`). A seed's numbers are the ones it computes alone
+    with the same conv path (tests/test_seed_groups.py; the autotuner tunes the path for the
+    group's shape, so force --conv-path to compare with a run trained alone).
+
+    Resume: each seed from its own last checkpoint; seeds that are behind train (together) until
+    they reach the others, then all go on as one group. A finished seed (DONE) is left as is.
+    Returns the run directories.
+    """
+    seeds, run_dirs = [int(seed) for seed in seeds], [Path(run_dir) for run_dir in run_dirs]
+    check_seed_group(settings, seeds, run_dirs)
     settings.validate()
     validate_options(options)
     runtime.deterministic_runtime(options.xla)
-    run_dir = Path(run_dir)
-    model = training_model(settings, options.mixed_precision, conv_path)
-    state = initial_state(model, settings, seed)
-    if not (run_dir / DONE_FILE).exists():  # a finished run is only compared, never written
-        # Before the data is loaded (a minute or more): a bad --out fails now, not at the first write.
-        io.check_output_dir(run_dir, "--out", needed_bytes(settings, options, state), subdirs=(CHECKPOINT_DIR,),
-                            appended=(METRICS_FILE,))
-    with io.write_errors_as_user_errors(f"free disk space or fix the permissions of {run_dir}, then re-run "
+    model = training_model(settings, options.mixed_precision, conv_path, seeds=len(seeds))
+    states = [initial_state(model, settings, seed) for seed in seeds]
+    for run_dir, state in zip(run_dirs, states):
+        if not (run_dir / DONE_FILE).exists():  # a finished run is only compared, never written
+            # Before the data is loaded (a minute or more): a bad --out fails now, not at the first write.
+            io.check_output_dir(run_dir, "--out", needed_bytes(settings, options, state), subdirs=(CHECKPOINT_DIR,),
+                                appended=(METRICS_FILE,))
+    where = run_dirs[0] if len(run_dirs) == 1 else ", ".join(str(run_dir) for run_dir in run_dirs)
+    with io.write_errors_as_user_errors(f"free disk space or fix the permissions of {where}, then re-run "
                                         "the same command to resume from the last checkpoint"):
-        return _train_into(settings, seed, run_dir, options, data_dir, progress, train_images, model, state)
+        runs = _open_runs(settings, seeds, run_dirs, options, data_dir, train_images, model, states)
+        if runs.active:
+            with runtime.precision_policy(options.mixed_precision):
+                _train_loop(settings, model, runs.active, runs.source, options, progress)
+            for run in runs.active:
+                io.write_text_atomic(run.run_dir / DONE_FILE, f"{settings.iterations}\n")
+    return run_dirs
+
+
+def check_seed_group(settings: Settings, seeds: list[int], run_dirs: list[Path]) -> None:
+    """One run directory per seed, no seed or directory twice; several seeds only where their tasks
+    can share a call."""
+    if not seeds or len(seeds) != len(run_dirs):
+        raise UserError(f"give one run directory per seed (got {len(seeds)} seeds, {len(run_dirs)} directories)")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"seed listed twice in {seeds}; give each seed once")
+    resolved = [run_dir.resolve() for run_dir in run_dirs]
+    if len(set(resolved)) != len(resolved):
+        raise UserError(f"two seeds share a run directory ({', '.join(map(str, run_dirs))}); give each seed its own "
+                        f"(--out with {SEED_PLACEHOLDER})")
+    if len(seeds) > 1 and settings.inner_adam_mode == "sequential":
+        raise UserError("inner_adam_mode 'sequential' runs the tasks of a meta-batch one after another, so seeds "
+                        "cannot share one call; train each seed alone (--seed N)")
 
 
 def validate_options(options: RunOptions) -> None:
@@ -402,19 +503,45 @@ def needed_bytes(settings: Settings, options: RunOptions, state: dict) -> int:
     return state_bytes * (options.keep_checkpoints + 1) + lines * METRICS_LINE_BYTES + OUTPUT_MARGIN_BYTES
 
 
-def _train_into(settings: Settings, seed: int, run_dir: Path, options: RunOptions, data_dir: Path | None,
-                progress: bool | str, train_images: np.ndarray | tf.Tensor | None, model: Model,
-                state: dict) -> Path:
+@dataclasses.dataclass
+class SeedRun:
+    """One seed of a (possibly one-seed) group being trained: its run directory and checkpointed state."""
+
+    seed: int
+    run_dir: Path
+    variables: TrainingVariables
+    manager: tf.train.CheckpointManager
+    start: int  # iterations completed when this training began (its checkpoint)
+    last_saved: int
+
+
+class OpenRuns(NamedTuple):
+    source: TaskSource
+    active: list[SeedRun]  # the seeds still to train (no DONE)
+
+
+def _open_runs(settings: Settings, seeds: list[int], run_dirs: list[Path], options: RunOptions,
+               data_dir: Path | None, train_images: np.ndarray | tf.Tensor | None, model: Model,
+               states: list[dict]) -> OpenRuns:
+    """Load the data once, then per seed: config.json (written or checked), leftovers cleaned, the
+    last checkpoint restored, metrics.jsonl trimmed to it."""
     source = make_task_source(settings, data_dir, options.protocol, train_images)
     # `started` (epoch seconds): when this stretch of training began; MLflow shows it as the run's start.
     environment = dict(runtime.environment_info(model.conv_path), started=time.time(),
                        data_dir=None if settings.synthetic else str(Path(data_dir or DEFAULT_DATA_DIR).resolve()))
-    config = build_config(settings, seed, options, source.info, environment)
-    prepare_run_dir(run_dir, config)
-    if (run_dir / DONE_FILE).exists():
-        print(f"reptile-tf train: {run_dir} is already complete (DONE exists)", file=sys.stderr)
-        return run_dir
+    if len(seeds) > 1:
+        environment["seed_group"] = list(seeds)  # trained in one call with these seeds (a fact, not identity)
+    active = []
+    for seed, run_dir, state in zip(seeds, run_dirs, states):
+        prepare_run_dir(run_dir, build_config(settings, seed, options, source.info, environment))
+        if (run_dir / DONE_FILE).exists():
+            print(f"reptile-tf train: {run_dir} is already complete (DONE exists)", file=sys.stderr)
+            continue
+        active.append(_resume(seed, run_dir, state, options, environment))
+    return OpenRuns(source, active)
 
+
+def _resume(seed: int, run_dir: Path, state: dict, options: RunOptions, environment: dict[str, Any]) -> SeedRun:
     # Leftovers of a save or an atomic write that a kill interrupted.
     clean_checkpoint_dir(run_dir)
     io.remove_stale_temp_files(run_dir, (CONFIG_FILE, METRICS_FILE, DONE_FILE))
@@ -431,55 +558,94 @@ def _train_into(settings: Settings, seed: int, run_dir: Path, options: RunOption
     rundir.trim_metrics(run_dir, start)
     if start > 0:
         record_resume(run_dir, start, environment)
-
-    with runtime.precision_policy(options.mixed_precision):
-        _train_loop(settings, model, variables, manager, source, options, seed, start, run_dir, progress)
-    io.write_text_atomic(run_dir / DONE_FILE, f"{settings.iterations}\n")
-    return run_dir
+    return SeedRun(seed, run_dir, variables, manager, start, start)
 
 
-def _train_loop(settings: Settings, model: Model, variables: TrainingVariables, manager: tf.train.CheckpointManager,
-                source: TaskSource, options: RunOptions, seed: int, start: int, run_dir: Path,
+def _train_loop(settings: Settings, model: Model, runs: list[SeedRun], source: TaskSource, options: RunOptions,
                 progress: bool | str) -> None:
-    """Iterations start+1 .. settings.iterations: step, check health, log, validate, checkpoint."""
-    step = build_step(model, settings, variables, source.sample, seed, options.xla)
+    """Iterations from the earliest checkpoint + 1 .. settings.iterations: step, check health, log,
+    validate, checkpoint, for every seed. A seed joins the compiled group step once the iteration
+    passes its checkpoint, so seeds resumed from different checkpoints catch up, then go together."""
+    steps: dict[tuple[int, ...], Callable] = {}  # the seeds in a call -> its compiled step (one trace each)
     validate = make_validator(model, settings, source.validation(options.val_tasks)) if options.val_every else None
     total = settings.iterations
-    last_saved = start
+    start = min(run.start for run in runs)
+    label = f"train {settings.algorithm} {settings.dataset} {settings.ways}-way {settings.shots}-shot"
+    if len(runs) > 1:
+        label += " seeds " + ",".join(str(run.seed) for run in runs)
     # A bar on a terminal; in logs a plain line every 5% (and 5 min) with the latest logged metrics.
-    bar = Progress(total, f"train {settings.algorithm} {settings.dataset} {settings.ways}-way {settings.shots}-shot",
-                   mode=resolve_mode(progress), unit="it", initial=start)
+    bar = Progress(total, label, mode=resolve_mode(progress), unit="it", initial=start)
     try:
         for iteration in range(start + 1, total + 1):
-            metrics, health = step()
+            members = tuple(i for i, run in enumerate(runs) if run.start < iteration)
+            if members not in steps:
+                steps[members] = _compiled_step(model, settings, [runs[i] for i in members], source, options.xla)
+            metrics, health = steps[members]()
+            group = [runs[i] for i in members]
             # Every iteration, before anything is logged or saved: a diverged state never
             # reaches metrics.jsonl or a checkpoint, and the run stops at once.
-            problem = diagnose({k: v.numpy() for k, v in health.items()}, iteration, settings)
-            if problem:
-                kept = (f"the last good checkpoint (iteration {last_saved}) is kept" if last_saved
-                        else "no checkpoint was written")
-                raise TrainingDiverged(f"{problem}. Stopped without DONE; {kept}. Retrain with other values "
-                                       "into a new --out.")
-            record: dict[str, Any] = {}
-            if iteration % options.log_every == 0 or iteration == total:
-                # The logged iteration's own meta-batch metrics (not a window mean), so a
-                # resumed run writes exactly the lines an uninterrupted run would.
-                record = {k: float(np.mean(v)) for k, v in metrics.items()}
-            if validate is not None and (iteration % options.val_every == 0 or iteration == total):
-                record.update(validate(variables.read_state()))
-            if record:
-                record.update(iteration=iteration, wall_time=time.time())
-                rundir.append_metrics(run_dir, record)
-                bar.set_postfix({k: v for k, v in record.items() if k in ("loss", "accuracy", "val_accuracy",
-                                                                          "val_mse")})
-            if iteration % options.checkpoint_every == 0 or iteration == total:
-                save_checkpoint(manager, iteration, run_dir, last_saved)
-                last_saved = iteration
+            for run, signals in zip(group, health):
+                _check_health(run, signals, iteration, settings, len(runs) > 1)
+            records = [_log_and_save(run, values, iteration, settings, options, validate)
+                       for run, values in zip(group, metrics)]
+            if records[0]:  # the bar shows the first seed's latest line
+                bar.set_postfix({k: v for k, v in records[0].items() if k in ("loss", "accuracy", "val_accuracy",
+                                                                              "val_mse")})
             bar.update(1)
     finally:
         bar.close()
-    if int(variables.iteration.numpy()) != total:
+    if any(int(run.variables.iteration.numpy()) != total for run in runs):
         raise RuntimeError("iteration counter out of step with the loop")  # a bug, not user input
+
+
+def _compiled_step(model: Model, settings: Settings, group: list[SeedRun], source: TaskSource,
+                   xla: bool) -> Callable[[], tuple[list[dict], list[dict]]]:
+    """The compiled meta-iteration of `group` (lists of metrics and health, one per seed); one seed
+    alone is `build_step`, exactly the step `train` always ran."""
+    if len(group) == 1:
+        single = build_step(model, settings, group[0].variables, source.sample, group[0].seed, xla)
+
+        def step() -> tuple[list[dict], list[dict]]:
+            metrics, health = single()
+            return [metrics], [health]
+
+        return step
+    return build_group_step(model, settings, [run.variables for run in group], source.sample,
+                            [run.seed for run in group], xla)
+
+
+def _check_health(run: SeedRun, health: dict, iteration: int, settings: Settings, grouped: bool) -> None:
+    problem = diagnose({k: v.numpy() for k, v in health.items()}, iteration, settings)
+    if not problem:
+        return
+    kept = (f"the last good checkpoint (iteration {run.last_saved}) is kept" if run.last_saved
+            else "no checkpoint was written")
+    if grouped:
+        raise TrainingDiverged(f"seed {run.seed} ({run.run_dir}): {problem}. Stopped every seed of the group without "
+                               f"DONE; {kept}, and the other seeds resume from their last checkpoints when re-run "
+                               "without this seed. Retrain it with other values into a new --out.")
+    raise TrainingDiverged(f"{problem}. Stopped without DONE; {kept}. Retrain with other values "
+                           "into a new --out.")
+
+
+def _log_and_save(run: SeedRun, metrics: dict, iteration: int, settings: Settings, options: RunOptions,
+                  validate: Callable[[dict], dict[str, float]] | None) -> dict[str, Any]:
+    """One seed's metrics.jsonl line and checkpoint of `iteration`, where due; returns the line."""
+    total = settings.iterations
+    record: dict[str, Any] = {}
+    if iteration % options.log_every == 0 or iteration == total:
+        # The logged iteration's own meta-batch metrics (not a window mean), so a
+        # resumed run writes exactly the lines an uninterrupted run would.
+        record = {k: float(np.mean(v)) for k, v in metrics.items()}
+    if validate is not None and (iteration % options.val_every == 0 or iteration == total):
+        record.update(validate(run.variables.read_state()))
+    if record:
+        record.update(iteration=iteration, wall_time=time.time())
+        rundir.append_metrics(run.run_dir, record)
+    if iteration % options.checkpoint_every == 0 or iteration == total:
+        save_checkpoint(run.manager, iteration, run.run_dir, run.last_saved)
+        run.last_saved = iteration
+    return record
 
 
 def options_from_args(args: argparse.Namespace, settings: Settings) -> RunOptions:
@@ -492,8 +658,9 @@ def options_from_args(args: argparse.Namespace, settings: Settings) -> RunOption
 def main(args: argparse.Namespace) -> int:
     settings = resolve_settings(args.algorithm, args.dataset, args.ways, args.shots, settings_overrides(args))
     options = options_from_args(args, settings)
-    run_dir = args.out if args.out is not None else default_run_dir(settings, args.seed)
-    train(settings, args.seed, run_dir, options, data_dir=args.data_dir, progress=cli_mode(args.no_progress),
-          conv_path=requested_path(args.conv_path))
-    print(run_dir)
+    seeds = [args.seed] if args.seeds is None else args.seeds
+    run_dirs = run_dirs_for(args.out, settings, seeds, pattern=args.seeds is not None)
+    for run_dir in train_seeds(settings, seeds, run_dirs, options, data_dir=args.data_dir,
+                               progress=cli_mode(args.no_progress), conv_path=requested_path(args.conv_path)):
+        print(run_dir)
     return 0

@@ -57,7 +57,11 @@ def test_every_preset_plans(workdir, preset):
     settings = config["grid"]["settings"]
     seeds = len(config["grid"]["seeds"])
     jobs = len(settings) * len(config["grid"]["algorithms"]) * seeds
-    assert _job_count(out, "train") == jobs and _job_count(out, "evaluate") == jobs
+    # seed groups (train.seed_groups, default reptile and fomaml): one training job for all seeds
+    grouped = [a for a in config["grid"]["algorithms"] if a in ("reptile", "fomaml")] if seeds > 1 else []
+    groups = len(settings) * len(grouped)
+    assert _job_count(out, "train") + seeds * groups == jobs and _job_count(out, "train_seed_group") == groups
+    assert _job_count(out, "evaluate") == jobs
     assert _job_count(out, "tables") == 1 and _job_count(out, "track_init") == 1
 
 
@@ -274,8 +278,10 @@ STUB = textwrap.dedent('''\
     elif command == "prepare":
         pathlib.Path(opt("--data-dir"), args[1], "1.0.0").mkdir(parents=True, exist_ok=True)
     elif command == "train":
-        out = pathlib.Path(opt("--out")); out.mkdir(parents=True, exist_ok=True)
-        (out / "DONE").write_text("1")
+        seeds = opt("--seeds").split(",") if "--seeds" in args else [None]
+        for seed in seeds:
+            out = pathlib.Path(opt("--out").replace("{{seed}}", seed or "")); out.mkdir(parents=True, exist_ok=True)
+            (out / "DONE").write_text("1")
     elif command == "evaluate":
         pathlib.Path(args[1], "eval.json").write_text("{{}}")
     elif command == "track":
@@ -293,14 +299,19 @@ STUB = textwrap.dedent('''\
 ''')
 
 
-def test_stub_pipeline_runs_then_rerun_has_nothing_to_do(tmp_path):
+def stub_workflow(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A copy of the workflow and an environment whose `reptile-tf` is STUB."""
     workdir = copy_workflow(tmp_path)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     stub = bin_dir / "reptile-tf"
     stub.write_text(STUB.format(python=sys.executable))
     stub.chmod(0o755)
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return workdir, dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_stub_pipeline_runs_then_rerun_has_nothing_to_do(tmp_path):
+    workdir, env = stub_workflow(tmp_path)
     extra = overrides_file(tmp_path, "extra.yaml", {
         "theory": {"enabled": True, "budget": "smoke"}, "bench": {"enabled": True},
         "data": {"mirrors": ["/mirror/a"]}, "budget": {"per_algorithm": {"maml": {"iterations": 7}}}})
@@ -343,3 +354,27 @@ def test_stub_pipeline_runs_then_rerun_has_nothing_to_do(tmp_path):
     assert touched.returncode == 0, touched.stderr[-3000:]
     out = touched.stdout + touched.stderr
     assert "rule train:" not in out and "rule evaluate:" not in out, out[-3000:]
+
+
+def test_seed_groups_train_reptile_and_fomaml_seeds_in_one_job_and_maml_alone(tmp_path):
+    workdir, env = stub_workflow(tmp_path)
+    extra = overrides_file(tmp_path, "extra.yaml", {"grid": {"seeds": [0, 1]}})
+    config = ["--configfile", "workflow/config/smoke.yaml", extra]
+
+    result = snakemake(workdir, *config, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    trains = [c for c in (workdir / "calls.log").read_text().splitlines() if c.startswith("train")]
+    assert len(trains) == 4  # reptile and fomaml: one job for both seeds; maml: one job per seed
+    for algorithm in ("reptile", "fomaml"):
+        group = next(c for c in trains if f"--algorithm {algorithm} " in c)
+        assert f"--seeds 0,1 --out runs/smoke/omniglot_5w1s/{algorithm}/seed{{seed}}" in group
+        assert (workdir / f"logs/smoke/train/omniglot_5w1s_{algorithm}_seeds0-1.log").exists()
+    assert sorted(c.split("--seed ")[1].split()[0] for c in trains if "--algorithm maml " in c) == ["0", "1"]
+    assert len(list((workdir / "runs/smoke").rglob("eval.json"))) == 6
+
+    # train.seed_groups: [] trains every seed alone
+    alone = overrides_file(tmp_path, "alone.yaml", {"grid": {"seeds": [0, 1]}, "train": {"seed_groups": []}})
+    planned = snakemake(workdir, "-n", "--forceall", "--configfile", "workflow/config/smoke.yaml", alone, env=env)
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    out = planned.stdout + planned.stderr
+    assert _job_count(out, "train") == 6 and _job_count(out, "train_seed_group") == 0

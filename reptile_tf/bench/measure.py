@@ -34,6 +34,21 @@ def median_seconds(fn: Callable[[], Any], warmup: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+def interleaved_medians(runners: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> dict[str, float]:
+    """Median wall time (s) of each runner, timed one call of each per round after `warmup` rounds:
+    on a machine whose load changes, a change hits every runner alike, so their ratios hold."""
+    for _ in range(warmup):
+        for run in runners.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def _status_mb(field: str) -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():

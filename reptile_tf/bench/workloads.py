@@ -42,9 +42,10 @@ def _episodes(rng: np.random.Generator, tasks: int, ways: int, shots: int, queri
             "query_y": labels(queries)}
 
 
-def make_meta_runner(settings: Settings, xla: bool, seed: int = 0) -> Callable[[], float]:
-    """A no-argument callable running one compiled meta-iteration (state carried over)."""
-    model = models.get_model(settings.dataset, settings.ways)
+def make_meta_runner(settings: Settings, xla: bool, seed: int = 0, model: models.Model | None = None) -> Callable[[], float]:
+    """A no-argument callable running one compiled meta-iteration (state carried over); `model`
+    replaces the default network (benchmarks/floor.py times variants of it)."""
+    model = model or models.get_model(settings.dataset, settings.ways)
     batch = {k: tf.constant(v) for k, v in random_batch(settings, seed).items()}
     holder = {"state": meta.init_meta_state(model, model.init(seed), settings, seed)}
     outer_lr = tf.constant(settings.outer_lr if settings.algorithm == "maml" else 0.5, tf.float32)

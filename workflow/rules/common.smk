@@ -39,6 +39,12 @@ ALGORITHMS = config["grid"]["algorithms"]
 SEEDS = config["grid"]["seeds"]
 SETTINGS = config["grid"]["settings"]
 DATASETS = sorted({s["dataset"] for s in SETTINGS})
+# Algorithms whose seeds train together: one job per (setting, algorithm) trains every seed of the
+# grid in one compiled call (`reptile-tf train --seeds`), each into its own run directory, each as
+# it trains alone. Measured for 3 seeds (benchmarks/seed_groups.py, results/benchmarks/<class>/
+# seed_groups.md): Reptile and FOMAML gain, MAML (32 tasks already) loses, so it trains seed by seed.
+SEED_GROUP_ALGORITHMS = [a for a in ALGORITHMS if a in config["train"]["seed_groups"]] if len(SEEDS) > 1 else []
+SEED_GROUP_NAME = "{dataset}_{ways}w{shots}s_{algorithm}_seeds" + "-".join(str(seed) for seed in SEEDS)
 
 
 
@@ -198,10 +204,22 @@ def prepared_for(output_name):
 
     def data(wildcards):
         path = prepared(wildcards)
-        run_dir = RUN_DIR.format(**dict(wildcards.items()))
-        return ancient(path) if os.path.exists(os.path.join(run_dir, output_name)) else path
+        return ancient(path) if all(os.path.exists(os.path.join(d, output_name)) for d in job_run_dirs(wildcards)) \
+            else path
 
     return data
+
+
+def job_run_dirs(wildcards):
+    """The run directories of a job: its own, or every seed's for a seed group (no `seed` wildcard)."""
+    values = dict(wildcards.items())
+    seeds = [values.pop("seed")] if "seed" in values else SEEDS
+    return [RUN_DIR.format(**values, seed=seed) for seed in seeds]
+
+
+def seed_group_out(wildcards):
+    """`--out` of a seed group: the run directory with `{seed}` left for `reptile-tf train --seeds`."""
+    return RUN_DIR.format(**dict(wildcards.items()), seed="{seed}")
 
 
 def data_dir_of(wildcards):

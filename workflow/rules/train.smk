@@ -1,4 +1,4 @@
-# Meta-training: one job per (setting, algorithm, seed); the run directory is the unit of
+# Meta-training: one job per (setting, algorithm, seed), or per (setting, algorithm) for a seed group (below); the run directory is the unit of
 # reproducibility (config.json, checkpoints/, metrics.jsonl, DONE). An interrupted job resumes
 # from its last checkpoint when re-run. TensorFlow's intra-op pool gets the job's `threads`, so
 # parallel jobs do not oversubscribe the cores (the one inter-op thread that keeps MAML
@@ -31,3 +31,37 @@ rule train:
         "TF_NUM_INTRAOP_THREADS={threads} reptile-tf train --algorithm {wildcards.algorithm} --dataset {wildcards.dataset}"
         " --ways {wildcards.ways} --shots {wildcards.shots} --seed {wildcards.seed}"
         " --out {params.run_dir} --data-dir {params.data_dir} {params.flags} --no-progress > {log} 2>&1"
+
+
+# The seeds of a setting's Reptile/FOMAML runs in one job (train.seed_groups; `SEED_GROUP_ALGORITHMS`
+# in common.smk): the same run directories, trained together in one compiled call per meta-iteration.
+ruleorder: train_seed_group > train
+
+
+rule train_seed_group:
+    input:
+        prepared_for("DONE"),
+    output:
+        expand(f"{RUN_DIR}/DONE", seed=SEEDS, allow_missing=True),
+    wildcard_constraints:
+        algorithm="|".join(SEED_GROUP_ALGORITHMS) or "(?!)",
+    params:
+        out=seed_group_out,
+        seeds=",".join(str(seed) for seed in SEEDS),
+        data_dir=data_dir_of,
+        flags=train_flags,
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/train/{SEED_GROUP_NAME}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{SEED_GROUP_NAME}.tsv"
+    threads: resource("train", "threads")
+    resources:
+        gpu=resource("train", "gpu"),
+        mem_mb=resource("train", "mem_mb"),
+        runtime=resource("train", "runtime"),
+    shell:
+        "TF_NUM_INTRAOP_THREADS={threads} reptile-tf train --algorithm {wildcards.algorithm} --dataset {wildcards.dataset}"
+        " --ways {wildcards.ways} --shots {wildcards.shots} --seeds {params.seeds}"
+        " --out '{params.out}' --data-dir {params.data_dir} {params.flags} --no-progress > {log} 2>&1"
