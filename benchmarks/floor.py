@@ -212,8 +212,7 @@ def to_markdown(frame: pd.DataFrame, machine: dict[str, Any], command: str, peak
         f"Machine: {machine['cpu']} (class {machine['cpu_class']}; flags {machine['cpu_flags']}), "
         f"{machine['cores']} cores, TensorFlow {machine['tf_version']}, oneDNN {machine['onednn']}; "
         f"{machine['date_utc']}; load average at the start {machine['load_average_start']}, at the end "
-        f"{machine['load_average']} (a nice-19 training job ran in the background: it yields the CPU, "
-        "but adds to the load).", "",
+        f"{machine['load_average']}.", "",
         f"Matmul peak measured in this run: **{peak['peak']:.1f} GFLOP/s** (float32 2048x2048 `tf.matmul`, "
         f"timed in every round beside the variants; alone at the start {peak['start']:.1f}, at the end "
         f"{peak['end']:.1f}). Work: "

@@ -269,8 +269,7 @@ def to_markdown(frame: pd.DataFrame, machine: dict[str, Any], command: str, note
              f"Machine: {machine['cpu']} (class {machine['cpu_class']}; flags {machine['cpu_flags']}), "
              f"{machine['cores']} cores, TensorFlow {machine['tf_version']}, oneDNN {machine['onednn']}, "
              f"conv path {machine['conv_path']}; {machine['date_utc']}; load average at the start "
-             f"{machine['load_average_start']}, at the end {machine['load_average']} (a nice-19 training "
-             "job ran in the background: it yields the CPU, but adds to the load).", "",
+             f"{machine['load_average_start']}, at the end {machine['load_average']}.", "",
              "Workload: Reptile Omniglot 5-way 1-shot, paper settings, fixed random meta-batch "
              "(`reptile_tf/bench/workloads.py`), XLA off. `speed-up` = float32 ms / bfloat16 ms "
              "(> 1: bfloat16 faster).", ""]

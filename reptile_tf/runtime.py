@@ -139,20 +139,22 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def bfloat16_cpu_note() -> str | None:
-    """Why bfloat16 does not pay on this CPU (None on a GPU): measured, not assumed
-    (benchmarks/mixed_precision.py; results/benchmarks/<class>/mixed_precision.md)."""
+    """Why bfloat16 does not pay on this CPU (None on a GPU), from what benchmarks/mixed_precision.py
+    measured (results/benchmarks/<class>/mixed_precision.md; so far on the avx512 class only)."""
     if tf.config.list_logical_devices("GPU"):
         return None
     bf16 = [flag for flag in cpu_info()["flags"] if flag in BF16_CPU_FLAGS]
-    where = f"results/benchmarks/{cpu_class()}/mixed_precision.md"
     if bf16:
-        return (f"reptile-tf: --mixed-precision on a CPU with {', '.join(bf16)}: measured no faster than float32 "
-                f"at this project's shapes (see {where}): oneDNN's bfloat16 kernels speed up the convolutions' "
-                "forward and input gradient, but the kernel gradient, batch norm and the element-wise ops get "
-                "slower. float32 is the better choice on this CPU; bfloat16 is meant for GPUs and TPUs")
+        where = f"results/benchmarks/{cpu_class()}/mixed_precision.md"
+        return (f"reptile-tf: --mixed-precision on a CPU with {', '.join(bf16)}: measured at most about 1.2x the "
+                f"float32 speed at this project's shapes, not consistently (see {where}): oneDNN's bfloat16 "
+                "kernels run the convolutions' forward and input gradient about 2x faster, but the kernel "
+                "gradient, batch norm and the element-wise ops gain little or lose. float32 stays the default on "
+                "CPUs; bfloat16 is meant for GPUs and TPUs")
     return ("reptile-tf: --mixed-precision on a CPU without bfloat16 instructions (no AVX512_BF16 or AMX): "
-            "TensorFlow converts bfloat16 in software here, so it runs slower than float32 "
-            f"(see {where}); bfloat16 is meant for GPUs, TPUs and CPUs with those instructions")
+            "every bfloat16 op converts to float32 and back in software here, so expect it slower than float32 "
+            "(not measured on this CPU class yet; even with AVX512_BF16 it is at most about 1.2x faster: "
+            "results/benchmarks/avx512/mixed_precision.md); bfloat16 is meant for GPUs and TPUs")
 
 
 @functools.cache
