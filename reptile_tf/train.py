@@ -601,15 +601,7 @@ def _train_loop(settings: Settings, model: Model, runs: list[SeedRun], source: T
 def _compiled_step(model: Model, settings: Settings, group: list[SeedRun], source: TaskSource,
                    xla: bool) -> Callable[[], tuple[list[dict], list[dict]]]:
     """The compiled meta-iteration of `group` (lists of metrics and health, one per seed); one seed
-    alone is `build_step`, exactly the step `train` always ran."""
-    if len(group) == 1:
-        single = build_step(model, settings, group[0].variables, source.sample, group[0].seed, xla)
-
-        def step() -> tuple[list[dict], list[dict]]:
-            metrics, health = single()
-            return [metrics], [health]
-
-        return step
+    runs the same `_group_step` graph as `build_step`, the step `train` always ran."""
     return build_group_step(model, settings, [run.variables for run in group], source.sample,
                             [run.seed for run in group], xla)
 
