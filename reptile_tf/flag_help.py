@@ -37,7 +37,8 @@ OVERRIDE_HELP: dict[str, str] = {
     "inner_adam_mode": "how the tasks of a meta-batch share the inner Adam state: parallel_mean (tasks in "
                        "parallel, moments averaged after) or sequential (the official code: one state carried "
                        "from task to task); Reptile/FOMAML with Adam only",
-    "loss_reduction": "inner-loop loss over a minibatch: mean, or sum (the official code)",
+    "loss_reduction": "inner-loop loss over a minibatch: mean, sum (the official Reptile code) or "
+                      "sum_per_shot (sum / K = N x the mean: the official MAML code)",
     "eval_adam_state": "inner Adam state each test task adapts from: training (the end-of-training moments, "
                        "as the official code) or fresh (zero moments; a diagnostic)",
 }

@@ -84,7 +84,7 @@ class InnerConfig:
     epsilon: float = 1e-8
     first_order: bool = False
     unroll: bool = True
-    loss_reduction: str = "mean"  # "mean" or "sum" (official Reptile code) over a minibatch
+    loss_reduction: str = "mean"  # a key of LOSS_SCALES: what the inner loop differentiates
 
     def __post_init__(self) -> None:
         # Built without a Settings too (theory, tests): the fields it shares with Settings are checked
@@ -277,23 +277,35 @@ def make_inner_batches(x: tf.Tensor, y: tf.Tensor, batch: int, steps: int, seed)
 # ----------------------------------------------------------------------------- inner loop
 
 
+# loss_reduction -> the factor from a task's mean minibatch loss to the loss its inner loop
+# differentiates, given the outputs `[T, B, N]`. The official codes differ here, and with a fixed
+# inner step size the factor is a step-size multiplier (settings.FIDELITY_OPTIONS says which code).
+LOSS_SCALES: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
+    "mean": lambda outputs: 1,
+    # the official Reptile code: `minimize` of the per-example loss vector = its sum (B x the mean)
+    "sum": lambda outputs: tf.shape(outputs)[1],
+    # Finn's MAML code: `xent / update_batch_size` summed = sum / K, on an N-way K-shot support set
+    # N x the mean (the number of classes, the outputs' width)
+    "sum_per_shot": lambda outputs: tf.shape(outputs)[-1],
+}
+
+
 def task_gradients(model: Model, params: Params, x: tf.Tensor, y: tf.Tensor,
                    first_order: bool = False, loss_reduction: str = "mean") -> tuple[Params, tf.Tensor, tf.Tensor]:
     """Per-task gradients `[T, ...]`, losses `[T]` and accuracies `[T]` on one minibatch per task.
 
     One gradient of the sum of the per-task losses w.r.t. the batched params: tasks are
     independent, so each task's slice is that task's own gradient. Differentiable again
-    (MAML) unless `first_order`. `loss_reduction="sum"` differentiates each task's summed
-    (not mean) minibatch loss, as the official Reptile code's `minimize` of the per-example
-    loss vector; the returned losses stay per-example means.
+    (MAML) unless `first_order`. Each task's mean minibatch loss is scaled by
+    `LOSS_SCALES[loss_reduction]` before differentiation ("sum": the official Reptile code's;
+    "sum_per_shot": Finn's MAML code's); the returned losses stay per-example means.
     """
     with tf.GradientTape() as tape:
         tape.watch(params)
         outputs = model.apply(params, x)
         losses = model.loss(outputs, y)
         total = tf.reduce_sum(losses)
-        if loss_reduction == "sum":
-            total = total * tf.cast(tf.shape(x)[1], total.dtype)
+        total = total * tf.cast(LOSS_SCALES[loss_reduction](outputs), total.dtype)
     grads = tape.gradient(total, params)
     if first_order:
         grads = {name: tf.stop_gradient(g) for name, g in grads.items()}

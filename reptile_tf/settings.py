@@ -70,7 +70,7 @@ class Settings:
     # Defaults = this project's behaviour before the options existed; each alternative is the
     # official one. See FIDELITY_OPTIONS for the values and their sources.
     inner_adam_mode: str = "parallel_mean"  # "parallel_mean" | "sequential" (official)
-    loss_reduction: str = "mean"  # inner-loop loss over a minibatch: "mean" | "sum" (official)
+    loss_reduction: str = "mean"  # inner-loop loss over a minibatch: "mean" | "sum" | "sum_per_shot"
     eval_adam_state: str = "training"  # adaptation starts from "training" (official) or "fresh" moments
     source: str = field(default="", compare=False)  # where the numbers come from
 
@@ -180,8 +180,11 @@ class Settings:
 #   restores only the weights, so Adam's m, v and beta-power accumulators carry from task to task;
 #   the step count advances by meta_batch * inner_steps). No effect with SGD or for MAML.
 # - loss_reduction: the minibatch loss the inner loop differentiates (training and adaptation).
-#   "mean" (default, as the MAML code). "sum": the official code (models.py `OmniglotModel`:
+#   "mean" (default). "sum": the official Reptile code (models.py `OmniglotModel`:
 #   `optimizer.minimize(self.loss)` on the per-example cross-entropy vector, i.e. its sum).
+#   "sum_per_shot": the official MAML code (cbfinn/maml utils.py `xent` divides the per-example
+#   cross-entropy by K, `tf.gradients` sums it: sum / K = N x the mean on an N-way K-shot set),
+#   so with plain SGD the paper's inner step 0.4 acts as 0.4 N on the mean.
 #   Adam is invariant to a constant gradient scale except through epsilon and through moments
 #   carried between minibatches of different sizes (training batch -> evaluation batch).
 # - eval_adam_state: the inner Adam state each evaluation task starts from (Reptile/FOMAML).
@@ -203,7 +206,7 @@ class Settings:
 # `--inner-adam-mode sequential`, `reptile-tf prepare omniglot --resize-filter nearest`).
 FIDELITY_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "inner_adam_mode": ("parallel_mean", ("parallel_mean", "sequential")),
-    "loss_reduction": ("mean", ("mean", "sum")),
+    "loss_reduction": ("mean", ("mean", "sum", "sum_per_shot")),
     "eval_adam_state": ("training", ("training", "fresh")),
 }
 

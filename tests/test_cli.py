@@ -79,7 +79,7 @@ def test_hyperparameter_flags_give_the_paper_values():
 def test_choices_are_listed_without_rejecting_what_the_workflow_accepts():
     parser = dict(all_parsers())["reptile-tf train"]
     text = parser.format_help()
-    assert "--inner-optimizer {adam,sgd}" in text and "--loss-reduction {mean,sum}" in text
+    assert "--inner-optimizer {adam,sgd}" in text and "--loss-reduction {mean,sum,sum_per_shot}" in text
     assert "--algorithm {reptile,fomaml,maml}" in text
 
 

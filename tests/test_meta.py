@@ -617,6 +617,25 @@ def test_sum_loss_reduction_scales_the_inner_gradient_by_the_batch_size():
         meta.InnerConfig(loss_reduction="max")
 
 
+def test_sum_per_shot_loss_scales_the_inner_gradient_by_the_ways():
+    # Finn's MAML loss: per-example cross-entropy / K, summed = N x the mean on an N-way K-shot set.
+    ways, shots = 3, 4
+    model = get_model("omniglot", ways)
+    phi = broadcast_params(model.init(3, tf.float64), 2)
+    batch = _to64(_classification_batch(2, ways, shots, 1, seed=36))
+    x, y = batch["support_x"], batch["support_y"]
+    mean_grads, mean_loss, _ = meta.task_gradients(model, phi, x, y)
+    shot_grads, shot_loss, _ = meta.task_gradients(model, phi, x, y, loss_reduction="sum_per_shot")
+    np.testing.assert_array_equal(shot_loss.numpy(), mean_loss.numpy())
+    _assert_params_close(shot_grads, {k: ways * g for k, g in mean_grads.items()}, rtol=1e-10, atol=1e-12)
+    sum_grads, _, _ = meta.task_gradients(model, phi, x, y, loss_reduction="sum")
+    _assert_params_close(shot_grads, {k: g / shots for k, g in sum_grads.items()}, rtol=1e-10, atol=1e-12)
+
+
+def test_every_loss_reduction_value_has_a_scale():
+    assert set(meta.LOSS_SCALES) == set(settings_table.FIDELITY_OPTIONS["loss_reduction"][1])
+
+
 def test_unknown_fidelity_option_values_are_user_errors():
     model = get_model("sine", 1)
     good = paper_settings("reptile", "sine", 1, 10)

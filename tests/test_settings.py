@@ -46,7 +46,7 @@ def test_problems_name_each_field_once():
     ({"adam_beta2": 1.5}, "adam_beta2", "adam_beta2=1.5 must be in [0, 1)"),
     ({"adam_epsilon": 0.0}, "adam_epsilon", "adam_epsilon=0.0 must be positive"),
     ({"outer_optimizer": "lamb"}, "outer_optimizer", "outer_optimizer='lamb' is not supported; use 'adam' or 'sgd'"),
-    ({"loss_reduction": "max"}, "loss_reduction", "loss_reduction='max' is not supported; use one of mean, sum"),
+    ({"loss_reduction": "max"}, "loss_reduction", "loss_reduction='max' is not supported; use one of mean, sum, sum_per_shot"),
     ({"first_order": 1}, "first_order", "first_order=1 must be true or false"),
     ({"meta_batch": 2.5}, "meta_batch", "meta_batch=2.5 must be an integer"),
     ({"iterations": True}, "iterations", "iterations=True must be a number (int), not a boolean"),
