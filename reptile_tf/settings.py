@@ -197,8 +197,12 @@ class Settings:
 # results/fidelity/README.md.
 # - loss_reduction "sum": beyond the spread (about -1.5 points non-transductive, -1.2 transductive,
 #   through the evaluation step size) -> the paper presets set it for Reptile and FOMAML
-#   (workflow/config/config.yaml `budget.per_algorithm`); MAML keeps "mean" (Finn's code: see
-#   docs/reference.md). So does Omniglot's NEAREST resize (data.omniglot_resize_filter: nearest).
+#   (workflow/config/config.yaml `budget.per_algorithm`). So does Omniglot's NEAREST resize
+#   (data.omniglot_resize_filter: nearest).
+# - MAML keeps "mean": Finn's "sum_per_shot" (step 0.4 on N x the mean) with this project's network
+#   learns slower and collapses under 3 test steps (Omniglot 5-way 1-shot, 1,200 iterations: 45.9%
+#   against 91.3% transductive; results/fidelity/maml/README.md). His step size goes with his network
+#   (docs/reference.md, "MAML hyperparameters").
 # - inner_adam_mode "sequential": no effect beyond the spread -> "parallel_mean" everywhere (faster).
 # - eval_adam_state: both codes use "training"; "fresh" is a diagnostic only.
 # The Settings defaults stay this project's behaviour (quick/smoke presets and their committed
