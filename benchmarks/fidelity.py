@@ -13,7 +13,8 @@ Omniglot preprocessing), each with the same seeds.
     nice -n 19 .venv/bin/python benchmarks/fidelity.py --algorithm maml   # MAML 5-way 1-shot, 1,200 it
 
 MAML runs go to `.cache/fidelity/maml/runs` and report to `results/fidelity/maml/`; MAML has
-no Adam inner loop, so its variants are the loss scale and the Omniglot resize.
+no Adam inner loop, so its variants are the loss scale, the Omniglot resize and Finn's network
+(`--network maml`), alone and with his loss scale.
 
 Resumable: a run whose eval.json holds both modes for the requested task count is skipped; an
 interrupted training run resumes from its last checkpoint (`reptile-tf train` semantics). Runs go
@@ -70,6 +71,11 @@ VARIANTS: dict[str, tuple[list[str], Path, str | None, str]] = {
     "sum_per_shot_loss": (["--loss-reduction", "sum_per_shot"], DEFAULT_DATA, None,
                           "MAML inner loss as Finn's code (`xent / K`, summed): N x the mean, so the inner "
                           "SGD step 0.4 acts as 0.4 N on the mean loss"),
+    "maml_network": (["--network", "maml"], DEFAULT_DATA, None,
+                     "Finn's MAML-code conv net: batch norm without scale, offsets not adapted in the inner loop, "
+                     "Omniglot global average pooling and an N(0, 1) dense kernel"),
+    "maml_network_sum_per_shot": (["--network", "maml", "--loss-reduction", "sum_per_shot"], DEFAULT_DATA, None,
+                                  "Finn's network with Finn's inner loss scale: his code's combination"),
 }
 # algorithm -> (its variants in run order, default meta-iterations: 2% of the paper's budget)
 ALGORITHMS: dict[str, tuple[tuple[str, ...], int]] = {
@@ -77,7 +83,7 @@ ALGORITHMS: dict[str, tuple[tuple[str, ...], int]] = {
                  "sum_eval_only", "official_all"), 2000),
     # Finn's code resizes Omniglot with LANCZOS (this project's default data); the paper presets
     # read NEAREST for every algorithm, so nearest_resize asks whether that matters for MAML
-    "maml": (("baseline", "sum_per_shot_loss", "nearest_resize"), 1200),
+    "maml": (("baseline", "sum_per_shot_loss", "nearest_resize", "maml_network", "maml_network_sum_per_shot"), 1200),
 }
 DEFAULT_VARIANTS = ALGORITHMS["reptile"][0]
 

@@ -30,6 +30,7 @@ from reptile_tf import runtime
 from reptile_tf.io import write_json_atomic
 from reptile_tf.models import (CONV_PATH_ENV, CONV_PATHS, Model, available_conv_paths, broadcast_params,
                                choose_conv_path, get_model)
+from reptile_tf.networks import DEFAULT_NETWORK
 from reptile_tf.settings import Settings
 
 CACHE_ENV = "REPTILE_TF_AUTOTUNE_CACHE"
@@ -49,8 +50,11 @@ def machine_key() -> str:
     return f"{runtime.cpu_info()['model']} | TF {tf.__version__} | oneDNN {onednn} | {device}"
 
 
-def shape_key(arch: str, tasks: int, batch: int, dtype: str) -> str:
-    return f"{arch} {tasks}x{batch} {dtype}"
+def shape_key(arch: str, tasks: int, batch: int, dtype: str, network: str = DEFAULT_NETWORK) -> str:
+    # The default family keeps the key caches were written with before `network` existed (a new
+    # key would time it again and might pick another path: other rounding than those runs had).
+    net = arch if network == DEFAULT_NETWORK else f"{arch}/{network}"
+    return f"{net} {tasks}x{batch} {dtype}"
 
 
 def read_cache(path: Path) -> dict[str, Any]:
@@ -66,9 +70,9 @@ def read_cache(path: Path) -> dict[str, Any]:
 
 
 def time_conv_path(arch: str, path: str, num_outputs: int, tasks: int, batch: int,
-                   dtype: tf.DType = tf.float32) -> float:
+                   dtype: tf.DType = tf.float32, network: str = DEFAULT_NETWORK) -> float:
     """Median seconds of one forward + backward pass of `tasks` networks on `batch` images each."""
-    model = get_model(arch, num_outputs, conv_path=path)
+    model = get_model(arch, num_outputs, conv_path=path, network=network)
     params = broadcast_params(model.init(0), tasks)
     x = tf.random.stateless_uniform([tasks, batch, *model.input_shape], seed=[0, 0])
     y = tf.random.stateless_uniform([tasks, batch], seed=[0, 1], maxval=num_outputs, dtype=tf.int32)
@@ -91,20 +95,21 @@ def time_conv_path(arch: str, path: str, num_outputs: int, tasks: int, batch: in
 
 
 def tuned_conv_path(arch: str, num_outputs: int, tasks: int, batch: int, dtype: tf.DType = tf.float32,
-                    requested: str | None = None) -> str:
-    """The conv path for `tasks` networks of `arch` on `batch` images each: `requested`, else
-    $REPTILE_TF_CONV_PATH, else the cached choice of this machine, else the fastest one measured now."""
+                    requested: str | None = None, network: str = DEFAULT_NETWORK) -> str:
+    """The conv path for `tasks` networks of `arch` (family `network`) on `batch` images each:
+    `requested`, else $REPTILE_TF_CONV_PATH, else the cached choice of this machine, else the
+    fastest one measured now."""
     if requested or os.environ.get(CONV_PATH_ENV):
         return choose_conv_path(requested)
     candidates = available_conv_paths()
     if len(candidates) == 1:
         return candidates[0]
-    path, machine, shape = cache_file(), machine_key(), shape_key(arch, tasks, batch, dtype.name)
+    path, machine, shape = cache_file(), machine_key(), shape_key(arch, tasks, batch, dtype.name, network)
     cache = read_cache(path)
     entry = cache["machines"].get(machine, {}).get(shape)
     if isinstance(entry, dict) and entry.get("path") in candidates:
         return entry["path"]
-    seconds = {name: time_conv_path(arch, name, num_outputs, tasks, batch, dtype) for name in candidates}
+    seconds = {name: time_conv_path(arch, name, num_outputs, tasks, batch, dtype, network) for name in candidates}
     best = min(seconds, key=seconds.get)
     print(f"reptile-tf: conv path {best!r} for {shape} (timed once on this machine: "
           + ", ".join(f"{name} {1000 * s:.2f} ms" for name, s in sorted(seconds.items(), key=lambda kv: kv[1]))
@@ -122,13 +127,13 @@ def tuned_conv_path(arch: str, num_outputs: int, tasks: int, batch: int, dtype: 
 
 
 def tuned_model(arch: str, num_outputs: int, tasks: int, batch: int, dtype: tf.DType = tf.float32,
-                requested: str | None = None) -> Model:
+                requested: str | None = None, network: str = DEFAULT_NETWORK) -> Model:
     """`models.get_model` with the conv path `tuned_conv_path` picks (a net without convolutions as is)."""
-    default = get_model(arch, num_outputs, conv_path=requested)
+    default = get_model(arch, num_outputs, conv_path=requested, network=network)
     if default.conv_path is None:  # nothing to tune (sine's MLP)
         return default
-    path = tuned_conv_path(arch, num_outputs, tasks, batch, dtype, requested)
-    return default if path == default.conv_path else get_model(arch, num_outputs, conv_path=path)
+    path = tuned_conv_path(arch, num_outputs, tasks, batch, dtype, requested, network)
+    return default if path == default.conv_path else get_model(arch, num_outputs, conv_path=path, network=network)
 
 
 def training_model(settings: Settings, mixed_precision: bool = False, conv_path: str | None = None,
@@ -138,7 +143,7 @@ def training_model(settings: Settings, mixed_precision: bool = False, conv_path:
     `seeds` when that many runs train together in one call (`train.train_seeds`)."""
     batch = settings.inner_batch or settings.ways * settings.train_shots
     return tuned_model(settings.dataset, settings.num_outputs, settings.meta_batch * seeds, batch,
-                       tf.bfloat16 if mixed_precision else tf.float32, conv_path)
+                       tf.bfloat16 if mixed_precision else tf.float32, conv_path, settings.network)
 
 
 def evaluation_model(settings: Settings, chunk_size: int, mixed_precision: bool = False,
@@ -146,7 +151,7 @@ def evaluation_model(settings: Settings, chunk_size: int, mixed_precision: bool 
     """The network `evaluate` adapts, its conv path tuned for one chunk of tasks and its adaptation batch."""
     batch = settings.eval_inner_batch or settings.ways * settings.shots
     return tuned_model(settings.dataset, settings.num_outputs, chunk_size, batch,
-                       tf.bfloat16 if mixed_precision else tf.float32, conv_path)
+                       tf.bfloat16 if mixed_precision else tf.float32, conv_path, settings.network)
 
 
 def add_conv_path_flag(parser: argparse.ArgumentParser) -> None:

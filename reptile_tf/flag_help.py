@@ -41,6 +41,10 @@ OVERRIDE_HELP: dict[str, str] = {
                       "sum_per_shot (sum / K = N x the mean: the official MAML code)",
     "eval_adam_state": "inner Adam state each test task adapts from: training (the end-of-training moments, "
                        "as the official code) or fresh (zero moments; a diagnostic)",
+    "network": "conv nets of the image datasets: reptile (the official Reptile code's) or maml (Finn's official "
+               "MAML code's: batch norm without scale, its offsets fixed in the inner loop (so Reptile/FOMAML "
+               "never train them), Omniglot global average pooling and an N(0, 1) dense kernel, "
+               "Mini-ImageNet 'valid' max-pool)",
 }
 
 

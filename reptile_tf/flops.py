@@ -24,13 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from reptile_tf import datasets
-from reptile_tf.networks import BLOCKS, CONV_NETS
+from reptile_tf.networks import BLOCKS, CONV_NETS, DEFAULT_NETWORK, HEAD_FEATURES, NETWORKS, conv_output_size
 from reptile_tf.errors import UserError
 
-# arch -> (filters, stride, max-pool) of the conv nets (reptile_tf.networks); their input shapes
+# The conv nets (reptile_tf.networks, every family has one per image dataset); their input shapes
 # come from the dataset registry.
-_CONV_NETS = {arch: (net.filters, net.stride, net.max_pool) for arch, net in CONV_NETS.items()}
-ARCHS = tuple(_CONV_NETS)
+ARCHS = tuple(CONV_NETS)
 
 
 @dataclass(frozen=True)
@@ -67,46 +66,52 @@ def _same_out(size: int, stride: int) -> int:
     return -(-size // stride)
 
 
-def network_layers(arch: str, num_outputs: int) -> list[Layer]:
-    """The linear layers of `arch` (docs/reference.md "Networks") with per-image costs.
+def network_layers(arch: str, num_outputs: int, network: str = DEFAULT_NETWORK) -> list[Layer]:
+    """The linear layers of `arch` of family `network` (docs/reference.md "Networks") with
+    per-image costs.
 
-    omniglot: 28x28x1, 4 x [conv3x3 64, stride 2, same padding, BN, ReLU], dense.
+    omniglot: 28x28x1, 4 x [conv3x3 64, stride 2, same padding, BN, ReLU], dense on the
+    flattened 2x2x64 map ("maml": on its 64 channel means).
     mini_imagenet: 84x84x3, 4 x [conv3x3 32, stride 1, same, BN, max-pool 2x2 stride 2 (same
-    padding, as in the official code: 84 -> 42 -> 21 -> 11 -> 6), ReLU], dense.
+    padding, as in the official code: 84 -> 42 -> 21 -> 11 -> 6; "maml": valid, -> 10 -> 5), ReLU],
+    dense.
     """
     if arch not in ARCHS:
         raise UserError(f"no FLOP count for arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    (height, _, channels), (filters, stride, pool) = datasets.DATASETS[arch].input_shape, _CONV_NETS[arch]
+    if network not in NETWORKS:
+        raise UserError(f"no FLOP count for network {network!r}; choose one of {', '.join(NETWORKS)}")
+    net = NETWORKS[network][arch]
+    (height, _, channels), filters = datasets.DATASETS[arch].input_shape, net.filters
     if num_outputs < 1:
         raise UserError(f"num_outputs must be positive (got {num_outputs}); pass the number of ways")
     layers = []
     for index in range(BLOCKS):
-        out = _same_out(height, stride)
+        out = _same_out(height, net.stride)
         elements = out * out * filters
         layers.append(Layer(f"conv{index + 1}", "conv", elements * 3 * 3 * channels, elements,
                             (out, out, filters)))
-        height, channels = (_same_out(out, 2) if pool else out), filters
-    flat = height * height * channels
+        height, channels = conv_output_size(height, net), filters
+    flat = HEAD_FEATURES[net.head](height, height, channels)
     layers.append(Layer("dense", "dense", flat * num_outputs, 0, (num_outputs,)))
     return layers
 
 
-def flatten_size(arch: str) -> int:
+def flatten_size(arch: str, network: str = DEFAULT_NETWORK) -> int:
     """Input size of the final dense layer (checked against the model's kernel shape in tests)."""
-    return network_layers(arch, 1)[-1].macs
+    return network_layers(arch, 1, network)[-1].macs
 
 
-def forward_flops(arch: str, num_outputs: int) -> Flops:
+def forward_flops(arch: str, num_outputs: int, network: str = DEFAULT_NETWORK) -> Flops:
     """FLOPs of one forward pass of one image."""
-    layers = network_layers(arch, num_outputs)
+    layers = network_layers(arch, num_outputs, network)
     return Flops(matmul=2.0 * sum(layer.macs for layer in layers),
                  bn=2.0 * 2 * sum(layer.bn_elements for layer in layers))
 
 
-def train_pass_flops(arch: str, num_outputs: int) -> Flops:
+def train_pass_flops(arch: str, num_outputs: int, network: str = DEFAULT_NETWORK) -> Flops:
     """FLOPs of forward + backward (weight and input gradients) for one image."""
-    layers = network_layers(arch, num_outputs)
-    fwd = forward_flops(arch, num_outputs)
+    layers = network_layers(arch, num_outputs, network)
+    fwd = forward_flops(arch, num_outputs, network)
     # backward = 2 x forward, but no input gradient for the first layer (the image).
     first_input_grad = Flops(matmul=2.0 * layers[0].macs, bn=0.0)
     return Flops(3 * fwd.matmul - first_input_grad.matmul, 3 * fwd.bn)
@@ -147,11 +152,11 @@ def meta_iteration_flops(settings) -> Flops:
 
     Counts the network passes only; optimizer updates (O(parameters), < 1%) are ignored.
     """
-    arch = settings.dataset
-    train = train_pass_flops(arch, settings.ways)
+    arch, network = settings.dataset, settings.network
+    train = train_pass_flops(arch, settings.ways, network)
     counts = images_per_task(settings)
     per_task = (train.scale(counts["train"]) + train.scale(3 * counts["second_order"])
-                + forward_flops(arch, settings.ways).scale(counts["forward"]))
+                + forward_flops(arch, settings.ways, network).scale(counts["forward"]))
     return per_task.scale(settings.meta_batch)
 
 
@@ -162,13 +167,13 @@ def eval_task_flops(settings, transductive: bool = True) -> Flops:
     support set). Prediction: transductive = one forward of all queries; non-transductive =
     one forward per query of the support set plus that query.
     """
-    arch = settings.dataset
+    arch, network = settings.dataset, settings.network
     support = settings.ways * settings.shots
     batch = settings.eval_inner_batch if settings.eval_inner_batch > 0 else support
     queries = settings.ways * settings.eval_queries
     predict_images = queries if transductive else queries * (support + 1)
-    return (train_pass_flops(arch, settings.ways).scale(settings.eval_inner_steps * batch)
-            + forward_flops(arch, settings.ways).scale(predict_images))
+    return (train_pass_flops(arch, settings.ways, network).scale(settings.eval_inner_steps * batch)
+            + forward_flops(arch, settings.ways, network).scale(predict_images))
 
 
 def matmul_flops(size: int) -> float:

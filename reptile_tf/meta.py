@@ -12,6 +12,12 @@ dimension T for per-task quantities), traceable in one `tf.function` per meta-ba
   through the inner loop via nested `tf.GradientTape` (`maml_meta_gradient`, `maml_update`);
   `first_order=True` stops the gradient through the inner updates (the FOMAML gradient).
 
+Params a network fixes in the inner loop (`Model.inner_frozen`; Finn's MAML nets, `network="maml"`:
+the batch-norm offsets, which his code keeps out of the adapted `weights`) get a zero inner
+gradient (`task_gradients`): adaptation leaves them at phi, MAML's outer gradient still trains
+them through the query loss, and Reptile/FOMAML, whose outer step follows the adaptation, never
+move them.
+
 Adam moments in the inner loop (Reptile/FOMAML): the official code keeps one Adam optimizer
 whose moments (and bias-correction step count) persist across tasks and meta-iterations,
 tasks being run one after another. By default (`inner_adam_mode="parallel_mean"`) tasks run
@@ -299,6 +305,9 @@ def task_gradients(model: Model, params: Params, x: tf.Tensor, y: tf.Tensor,
     (MAML) unless `first_order`. Each task's mean minibatch loss is scaled by
     `LOSS_SCALES[loss_reduction]` before differentiation ("sum": the official Reptile code's;
     "sum_per_shot": Finn's MAML code's); the returned losses stay per-example means.
+    The gradient of a name in `model.inner_frozen` is zero, so every inner step (SGD; Adam, whose
+    moments stay zero) leaves it as it is, while an outer gradient still reaches it through the
+    losses that use it (MAML's query loss).
     """
     with tf.GradientTape() as tape:
         tape.watch(params)
@@ -306,10 +315,19 @@ def task_gradients(model: Model, params: Params, x: tf.Tensor, y: tf.Tensor,
         losses = model.loss(outputs, y)
         total = tf.reduce_sum(losses)
         total = total * tf.cast(LOSS_SCALES[loss_reduction](outputs), total.dtype)
-    grads = tape.gradient(total, params)
+    grads = _adapted_gradients(tape, total, params, model.inner_frozen)
     if first_order:
         grads = {name: tf.stop_gradient(g) for name, g in grads.items()}
     return grads, losses, model.accuracy(outputs, y)
+
+
+def _adapted_gradients(tape: tf.GradientTape, total: tf.Tensor, params: Params, frozen: frozenset[str]) -> Params:
+    """d total / d params, zeros for the `frozen` names, which are not differentiated at all (Finn's
+    inner loop differentiates only its `weights` dict, which lacks the batch-norm offsets)."""
+    if not frozen:
+        return tape.gradient(total, params)
+    grads = tape.gradient(total, {name: value for name, value in params.items() if name not in frozen})
+    return {name: grads[name] if name not in frozen else tf.zeros_like(value) for name, value in params.items()}
 
 
 def _run_inner(model: Model, params: Params, get_batch: Callable, steps: int, cfg: InnerConfig,

@@ -5,11 +5,15 @@ update them functionally, MAML can differentiate through those updates, and a wh
 meta-batch runs at once: every parameter carries a leading task dimension T and inputs
 are `[T, B, ...]`.
 
-Architectures (docs/reference.md "Networks", the layers of the official supervised-reptile code):
+Architectures (docs/reference.md "Networks"; `network` "reptile", the layers of the official
+supervised-reptile code, by default):
 - "omniglot" (28x28x1): 4 x [3x3 conv 64, stride 2, 'same', batch norm, ReLU], flatten, dense.
 - "mini_imagenet" (84x84x3): 4 x [3x3 conv 32, 'same', batch norm, 2x2 max-pool 'same', ReLU],
   flatten, dense.
 - "sine" (1 -> 1): MLP 1-40-40-1 with ReLU, MSE loss (MAML paper, section 5.1).
+`network="maml"` builds the conv nets of Finn's MAML code instead (reptile_tf.networks: batch norm
+without scale, its offsets fixed in the inner loop (`Model.inner_frozen`), Omniglot global
+average pooling and an N(0, 1) dense kernel, Mini-ImageNet 'valid' max-pool).
 
 Batch norm always uses the statistics of the current batch of each task (moments over the
 batch and spatial axes, per task), with learnable scale/offset, as `training=True` in the
@@ -17,7 +21,8 @@ official code (epsilon 1e-3, the `tf.layers.batch_normalization` default).
 The convolutions have no bias: the official `tf.layers.conv2d` bias is cancelled exactly by
 batch norm's mean subtraction, so it never changes an output and its true gradient is zero
 (with Adam it would only random-walk on rounding noise). Parameter counts are therefore the
-official ones minus the conv biases (Omniglot 5-way 112,965; Mini-ImageNet 5-way 34,533).
+official ones minus the conv biases (Omniglot 5-way 112,965; Mini-ImageNet 5-way 34,533;
+Finn's MAML nets, no batch-norm scale either: 111,749 and 32,645).
 
 Conv stack: every formulation in `CONV_PATHS` computes the same function (tested). The fastest,
 "grouped" (tasks folded into the channels, one grouped convolution per layer), needs a gradient
@@ -43,7 +48,7 @@ from typing import Callable
 import tensorflow as tf
 
 from reptile_tf import datasets, runtime
-from reptile_tf.networks import BLOCKS, CONV_NETS
+from reptile_tf.networks import BLOCKS, DEFAULT_NETWORK, NETWORKS, ConvNet, feature_size
 from reptile_tf.errors import UserError
 
 ARCHS = datasets.NAMES  # one network per dataset, named after it
@@ -82,6 +87,10 @@ class Model:
     input_shape: tuple[int, ...]
     is_classifier: bool
     conv_path: str | None = None  # CONV_PATHS name the conv stack runs (None: no convs)
+    network: str = DEFAULT_NETWORK  # the networks.NETWORKS family it was built from
+    # Params the inner loop leaves as they are (their inner gradient is zero; meta.task_gradients):
+    # only the outer update trains them. Finn's MAML nets: the batch-norm offsets.
+    inner_frozen: frozenset[str] = frozenset()
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -207,8 +216,8 @@ def folded_batch_norm(x: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor) -> tf.T
     return out
 
 
-def max_pool2x2(x: tf.Tensor) -> tf.Tensor:
-    """2x2 max-pool, stride 2, 'SAME', on `[T, B, H, W, C]` (folded to `[T*B, ...]`).
+def max_pool2x2(x: tf.Tensor, padding: str = "SAME") -> tf.Tensor:
+    """2x2 max-pool, stride 2, `padding` ('SAME' or 'VALID'), on `[T, B, H, W, C]` (folded to `[T*B, ...]`).
 
     `tf.nn.max_pool2d` ran fwd+bwd 6.8x faster than a reshape + reduce_max on the Mini-ImageNet
     shapes (17.8 vs 120.8 ms, measured). Its gradient has no deterministic XLA kernel, which is
@@ -216,7 +225,7 @@ def max_pool2x2(x: tf.Tensor) -> tf.Tensor:
     """
     tasks, batch = tf.shape(x)[0], tf.shape(x)[1]
     folded = tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], axis=0))
-    pooled = tf.nn.max_pool2d(folded, ksize=2, strides=2, padding="SAME")
+    pooled = tf.nn.max_pool2d(folded, ksize=2, strides=2, padding=padding)
     return tf.reshape(pooled, tf.concat([[tasks, batch], tf.shape(pooled)[1:]], axis=0))
 
 
@@ -228,6 +237,15 @@ def dense(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
 def _glorot_uniform(shape: tuple[int, ...], fan_in: int, fan_out: int, seed: tuple[int, int], dtype) -> tf.Tensor:
     limit = math.sqrt(6.0 / (fan_in + fan_out))
     return tf.random.stateless_uniform(shape, seed=seed, minval=-limit, maxval=limit, dtype=dtype, alg=RNG_ALGORITHM)
+
+
+def _standard_normal(shape: tuple[int, ...], fan_in: int, fan_out: int, seed: tuple[int, int], dtype) -> tf.Tensor:
+    """N(0, 1) whatever the fans: Finn's Omniglot dense kernel, `tf.random_normal` with its defaults."""
+    return tf.random.stateless_normal(shape, seed=seed, mean=0.0, stddev=1.0, dtype=dtype, alg=RNG_ALGORITHM)
+
+
+# ConvNet.dense_init -> initialiser (shape, fan_in, fan_out, seed, dtype) -> tensor
+DENSE_INITS: dict[str, Callable[..., tf.Tensor]] = {"glorot_uniform": _glorot_uniform, "normal": _standard_normal}
 
 
 def _compute_dtype(params: Params, compute_dtype) -> tf.DType:
@@ -249,40 +267,63 @@ def _cast_params(params: Params, dtype: tf.DType) -> Params:
 
 # ----------------------------------------------------------------------------- conv nets
 
-# arch: (input shape, filters, stride, max-pool), from the registries of datasets and networks
-_CONV_SPECS = {arch: (datasets.DATASETS[arch].input_shape, net.filters, net.stride, net.max_pool)
-               for arch, net in CONV_NETS.items()}
-_CONV_BLOCKS = BLOCKS
+def _conv_net(arch: str, network: str) -> ConvNet:
+    return NETWORKS[network][arch]
 
 
-def _conv_feature_size(arch: str) -> int:
-    (height, width, _), filters, stride, pool = _CONV_SPECS[arch]
-    for _ in range(_CONV_BLOCKS):
-        height, width = -(-height // stride), -(-width // stride)
-        if pool:
-            height, width = -(-height // 2), -(-width // 2)
-    return height * width * filters
+def _conv_feature_size(arch: str, network: str = DEFAULT_NETWORK) -> int:
+    return feature_size(_conv_net(arch, network), datasets.DATASETS[arch].input_shape)
 
 
-def _conv_init(arch: str, num_outputs: int) -> Callable[..., Params]:
-    (_, _, channels), filters, _, _ = _CONV_SPECS[arch]
+def _conv_init(arch: str, num_outputs: int, network: str = DEFAULT_NETWORK) -> Callable[..., Params]:
+    net = _conv_net(arch, network)
+    channels = datasets.DATASETS[arch].input_shape[-1]
+    filters = net.filters
 
     def init(seed: int, dtype=tf.float32) -> Params:
         params: Params = {}
         cin = channels
-        for block in range(_CONV_BLOCKS):
+        for block in range(BLOCKS):
             params[f"conv{block}/kernel"] = _glorot_uniform(
                 (3, 3, cin, filters), 9 * cin, 9 * filters, (seed, block), dtype)
-            params[f"bn{block}/scale"] = tf.ones([filters], dtype)
+            if net.bn_scale:
+                params[f"bn{block}/scale"] = tf.ones([filters], dtype)
             params[f"bn{block}/offset"] = tf.zeros([filters], dtype)
             cin = filters
-        features = _conv_feature_size(arch)
-        params["dense/kernel"] = _glorot_uniform(
-            (features, num_outputs), features, num_outputs, (seed, _CONV_BLOCKS), dtype)
+        features = _conv_feature_size(arch, network)
+        params["dense/kernel"] = DENSE_INITS[net.dense_init](
+            (features, num_outputs), features, num_outputs, (seed, BLOCKS), dtype)
         params["dense/bias"] = tf.zeros([num_outputs], dtype)
         return params
 
     return init
+
+
+def _inner_frozen(net: ConvNet) -> frozenset[str]:
+    """The params of `net` the inner loop leaves as they are (`Model.inner_frozen`)."""
+    if net.inner_adapts_bn:
+        return frozenset()
+    kinds = ("scale", "offset") if net.bn_scale else ("offset",)
+    return frozenset(f"bn{block}/{kind}" for block in range(BLOCKS) for kind in kinds)
+
+
+def _bn_scale(params: Params, block: int) -> tf.Tensor:
+    """Block `block`'s batch-norm scale: its param, or ones for a net without one (the fused
+    kernel needs a scale; times 1 is exact, so the function is batch norm without scale)."""
+    scale = params.get(f"bn{block}/scale")
+    return scale if scale is not None else tf.ones_like(params[f"bn{block}/offset"])
+
+
+def _flatten_head(out: tf.Tensor, features: int) -> tf.Tensor:
+    return tf.reshape(out, tf.concat([tf.shape(out)[:2], [features]], axis=0))
+
+
+def _mean_head(out: tf.Tensor, features: int) -> tf.Tensor:
+    return tf.reduce_mean(out, axis=[2, 3])  # Finn's `tf.reduce_mean(hidden4, [1, 2])`, per task
+
+
+# ConvNet.head -> (task-major feature map `[T, B, H, W, C]`, dense input size) -> `[T, B, features]`
+HEADS: dict[str, Callable[[tf.Tensor, int], tf.Tensor]] = {"flatten": _flatten_head, "mean": _mean_head}
 
 
 @dataclass(frozen=True)
@@ -346,13 +387,16 @@ def choose_conv_path(requested: str | None = None) -> str:
     return FALLBACK_CONV_PATH
 
 
-def _conv_apply(arch: str, path: str) -> Callable[..., tf.Tensor]:
-    """`apply` of the conv net `arch` with the conv-stack formulation `path` (CONV_PATHS).
+def _conv_apply(arch: str, path: str, network: str = DEFAULT_NETWORK) -> Callable[..., tf.Tensor]:
+    """`apply` of the conv net `arch` of family `network` with the conv-stack formulation `path`
+    (CONV_PATHS).
 
     float64 (gradient checks, theory) has no grouped-conv gradient or fused batch norm on CPU
     and always runs task-major with `sliced_conv3x3` and `batch_norm`.
     """
-    input_shape, filters, stride, pool = _CONV_SPECS[arch]
+    net = _conv_net(arch, network)
+    input_shape, filters, stride, pool = datasets.DATASETS[arch].input_shape, net.filters, net.stride, net.max_pool
+    head, features = HEADS[net.head], _conv_feature_size(arch, network)
     spec = CONV_PATHS[path]
 
     def apply(params: Params, x: tf.Tensor, compute_dtype=None) -> tf.Tensor:
@@ -364,23 +408,22 @@ def _conv_apply(arch: str, path: str) -> Callable[..., tf.Tensor]:
         conv = spec.conv if dtype != tf.float64 else sliced_conv3x3
         if folded:
             out = fold_tasks(out)
-        for block in range(_CONV_BLOCKS):
+        for block in range(BLOCKS):
             kernel = weights[f"conv{block}/kernel"]
             if folded:
                 # scale/offset from the float32 params: the fused kernel wants float32 ones.
-                out = folded_batch_norm(conv(out, kernel, stride), params[f"bn{block}/scale"],
+                out = folded_batch_norm(conv(out, kernel, stride), _bn_scale(params, block),
                                         params[f"bn{block}/offset"])
                 if pool:
-                    out = tf.nn.max_pool2d(out, 2, 2, "SAME")
+                    out = tf.nn.max_pool2d(out, 2, 2, net.pool_padding)
             else:
-                out = batch_norm(conv(out, kernel, stride), weights[f"bn{block}/scale"], weights[f"bn{block}/offset"])
+                out = batch_norm(conv(out, kernel, stride), _bn_scale(weights, block), weights[f"bn{block}/offset"])
                 if pool:
-                    out = max_pool2x2(out)
+                    out = max_pool2x2(out, net.pool_padding)
             out = tf.nn.relu(out)
         if folded:
             out = unfold_tasks(out, filters)
-        out = tf.reshape(out, tf.concat([tf.shape(out)[:2], [_conv_feature_size(arch)]], axis=0))
-        logits = dense(out, weights["dense/kernel"], weights["dense/bias"])
+        logits = dense(head(out, features), weights["dense/kernel"], weights["dense/bias"])
         return tf.cast(logits, _output_dtype(params))
 
     return apply
@@ -446,25 +489,34 @@ def regression_accuracy(outputs: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
 # ----------------------------------------------------------------------------- public API
 
 
-def get_model(arch: str, num_outputs: int, conv_path: str | None = None) -> Model:
+def get_model(arch: str, num_outputs: int, conv_path: str | None = None, network: str = DEFAULT_NETWORK) -> Model:
     """The network for `arch` ("omniglot", "mini_imagenet" or "sine") with `num_outputs` outputs.
 
     `conv_path` (conv nets): a name of CONV_PATHS; default `choose_conv_path()`.
+    `network`: the family of conv nets (networks.NETWORKS: "reptile", "maml"); the sine MLP is
+    the default family's only.
     """
     if arch not in ARCHS:
         raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    if network not in NETWORKS:
+        raise UserError(f"unknown network {network!r}; choose one of {', '.join(NETWORKS)}")
     if int(num_outputs) < 1:
         raise UserError(f"num_outputs must be a positive number of classes/outputs (got {num_outputs})")
     num_outputs = int(num_outputs)
     dataset = datasets.DATASETS[arch]
-    if arch not in _CONV_SPECS:  # the sine regression MLP
+    if arch not in NETWORKS[network]:
+        if network != DEFAULT_NETWORK:
+            raise UserError(f"network {network!r} has no {arch} net (it has {', '.join(NETWORKS[network])}); "
+                            f"use network {DEFAULT_NETWORK!r} for {arch}")
+        # the sine regression MLP
         return Model(init=_mlp_init(num_outputs), apply=_mlp_apply, loss=mse_loss, accuracy=regression_accuracy,
                      arch=arch, num_outputs=num_outputs, input_shape=dataset.input_shape,
                      is_classifier=dataset.is_classifier, conv_path=None)
     path = choose_conv_path(conv_path)
-    return Model(init=_conv_init(arch, num_outputs), apply=_conv_apply(arch, path), loss=cross_entropy_loss,
-                 accuracy=classification_accuracy, arch=arch, num_outputs=num_outputs,
-                 input_shape=dataset.input_shape, is_classifier=dataset.is_classifier, conv_path=path)
+    return Model(init=_conv_init(arch, num_outputs, network), apply=_conv_apply(arch, path, network),
+                 loss=cross_entropy_loss, accuracy=classification_accuracy, arch=arch, num_outputs=num_outputs,
+                 input_shape=dataset.input_shape, is_classifier=dataset.is_classifier, conv_path=path,
+                 network=network, inner_frozen=_inner_frozen(_conv_net(arch, network)))
 
 
 def count_params(params: Params) -> int:

@@ -23,7 +23,7 @@ from reptile_tf.settings import Settings, settings_from_config
 
 
 def build_model(settings: Settings) -> Model:
-    return get_model(settings.dataset, settings.num_outputs)
+    return get_model(settings.dataset, settings.num_outputs, network=settings.network)
 
 
 def initial_state(model: Model, settings: Settings, seed: int) -> dict:

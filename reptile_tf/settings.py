@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable
 
 from reptile_tf import datasets
 from reptile_tf.errors import UserError
+from reptile_tf.networks import DEFAULT_NETWORK, NETWORKS
 
 ALGORITHMS = ("reptile", "fomaml", "maml")
 DATASETS = datasets.NAMES
@@ -72,6 +73,7 @@ class Settings:
     inner_adam_mode: str = "parallel_mean"  # "parallel_mean" | "sequential" (official)
     loss_reduction: str = "mean"  # inner-loop loss over a minibatch: "mean" | "sum" | "sum_per_shot"
     eval_adam_state: str = "training"  # adaptation starts from "training" (official) or "fresh" moments
+    network: str = DEFAULT_NETWORK  # conv nets of the Reptile code ("reptile") or of Finn's MAML code ("maml")
     source: str = field(default="", compare=False)  # where the numbers come from
 
     def replace(self, **changes) -> "Settings":
@@ -205,6 +207,11 @@ class Settings:
 #   (docs/reference.md, "MAML hyperparameters").
 # - inner_adam_mode "sequential": no effect beyond the spread -> "parallel_mean" everywhere (faster).
 # - eval_adam_state: both codes use "training"; "fresh" is a diagnostic only.
+# - network (issue 11, fidelity to Finn's MAML code): the conv nets of reptile_tf.networks.NETWORKS.
+#   "reptile" (default): the official Reptile code's, which this project always built. "maml": cbfinn/maml
+#   `construct_conv_weights` / `forward_conv`: batch norm without scale whose offsets the inner loop
+#   does not adapt, Omniglot global average pooling and an N(0, 1) dense kernel, Mini-ImageNet 'VALID'
+#   max-pool; the network Finn's step sizes ("sum_per_shot" above) were tuned with.
 # The Settings defaults stay this project's behaviour (quick/smoke presets and their committed
 # references use them); the official semantics are one flag away (`--loss-reduction sum`,
 # `--inner-adam-mode sequential`, `reptile-tf prepare omniglot --resize-filter nearest`).
@@ -212,6 +219,7 @@ FIDELITY_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "inner_adam_mode": ("parallel_mean", ("parallel_mean", "sequential")),
     "loss_reduction": ("mean", ("mean", "sum", "sum_per_shot")),
     "eval_adam_state": ("training", ("training", "fresh")),
+    "network": (DEFAULT_NETWORK, tuple(NETWORKS)),
 }
 
 
@@ -341,6 +349,13 @@ def _tail_problem(settings: Settings) -> str | None:
     return None
 
 
+def _network_problem(settings: Settings) -> str | None:
+    if settings.network != DEFAULT_NETWORK and settings.dataset not in NETWORKS[settings.network]:
+        return (f"network={settings.network!r} has no {settings.dataset} net (it has "
+                f"{', '.join(NETWORKS[settings.network])}); use network={DEFAULT_NETWORK!r} for {settings.dataset}")
+    return None
+
+
 def _outer_optimizer_problem(settings: Settings) -> str | None:
     if settings.algorithm in INTERPOLATING_ALGORITHMS and settings.outer_optimizer != "sgd":
         return (f"{settings.algorithm} interpolates with an annealed step size; set outer_optimizer "
@@ -352,6 +367,7 @@ def _outer_optimizer_problem(settings: Settings) -> str | None:
 _BETWEEN_FIELDS: tuple[tuple[str, Callable[[Settings], str | None], tuple[str, ...]], ...] = (
     ("train_shots", _tail_problem, ("algorithm", "tail_shots", "train_shots")),
     ("outer_optimizer", _outer_optimizer_problem, ("algorithm", "outer_optimizer")),
+    ("network", _network_problem, ("dataset", "network")),
 )
 
 

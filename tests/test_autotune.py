@@ -25,7 +25,7 @@ def cache(tmp_path, monkeypatch):
 def fake_timings(monkeypatch, ms: dict[str, float]) -> list[str]:
     timed: list[str] = []
 
-    def time_conv_path(arch, path, num_outputs, tasks, batch, dtype):
+    def time_conv_path(arch, path, num_outputs, tasks, batch, dtype, network="reptile"):
         timed.append(path)
         return ms[path] / 1000
 
@@ -45,6 +45,24 @@ def test_the_fastest_path_is_chosen_once_and_cached(cache, monkeypatch):
     assert timed == []
     assert autotune.tuned_conv_path("omniglot", 5, 32, 5) == "split"  # another shape is timed anew
     assert len(timed) == 3
+
+
+def test_each_network_family_is_timed_and_cached_on_its_own(cache, monkeypatch):
+    # The default family keeps the key caches were written with before the families existed.
+    assert autotune.shape_key("omniglot", 5, 10, "float32") == "omniglot 5x10 float32"
+    assert autotune.shape_key("omniglot", 5, 10, "float32", "maml") == "omniglot/maml 5x10 float32"
+    fake_timings(monkeypatch, {"split": 1.0, "sliced": 3.0})
+    assert autotune.tuned_conv_path("omniglot", 5, 5, 10) == "split"
+    timed = fake_timings(monkeypatch, {"split": 3.0, "sliced": 1.0})
+    assert autotune.tuned_model("omniglot", 5, 5, 10, network="maml").conv_path == "sliced"
+    assert sorted(timed) == ["sliced", "split"]  # not the Reptile net's cached choice
+    machine = json.loads(cache.read_text())["machines"][autotune.machine_key()]
+    assert machine["omniglot 5x10 float32"]["path"] == "split"
+    assert machine["omniglot/maml 5x10 float32"]["path"] == "sliced"
+    settings = paper_settings("maml", "omniglot", 5, 1).replace(network="maml", meta_batch=5, inner_batch=10)
+    timed.clear()
+    model = autotune.training_model(settings)
+    assert (model.network, model.conv_path, timed) == ("maml", "sliced", [])  # from the cache
 
 
 def test_a_cached_choice_this_machine_cannot_run_is_measured_again(cache, monkeypatch):

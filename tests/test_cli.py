@@ -81,6 +81,7 @@ def test_choices_are_listed_without_rejecting_what_the_workflow_accepts():
     text = parser.format_help()
     assert "--inner-optimizer {adam,sgd}" in text and "--loss-reduction {mean,sum,sum_per_shot}" in text
     assert "--algorithm {reptile,fomaml,maml}" in text
+    assert "--network {reptile,maml}" in text
 
 
 def test_version():

@@ -37,10 +37,11 @@ def test_config_records_non_default_options_and_old_configs_still_match():
     old_style = settings.to_dict()
     assert not set(FIDELITY_OPTIONS) & set(old_style)  # defaults: the config a run had before the options
     assert settings_from_config(old_style) == settings  # a missing field reads back as its default
-    official = settings.replace(inner_adam_mode="sequential", loss_reduction="sum", eval_adam_state="fresh")
+    official = settings.replace(inner_adam_mode="sequential", loss_reduction="sum", eval_adam_state="fresh",
+                                network="maml")
     recorded = official.to_dict()
     assert {k: recorded[k] for k in FIDELITY_OPTIONS} == {
-        "inner_adam_mode": "sequential", "loss_reduction": "sum", "eval_adam_state": "fresh"}
+        "inner_adam_mode": "sequential", "loss_reduction": "sum", "eval_adam_state": "fresh", "network": "maml"}
     assert settings_from_config(recorded) == official
     assert train.config_differences(old_style, settings.to_dict()) == []
     assert train.config_differences(old_style, recorded) == sorted(FIDELITY_OPTIONS)
@@ -111,6 +112,17 @@ def test_fidelity_summary_compares_each_variant_with_the_baseline():
     assert summary["sum_loss"]["n"] == 1 and summary["sum_loss"]["beyond_spread"] == ""  # one seed: no spread
     assert summary["sum_loss"]["ranges_disjoint"] == ""
     assert all(set(variants) <= set(fidelity.VARIANTS) for variants, _ in fidelity.ALGORITHMS.values())
+
+
+def test_fidelity_maml_grid_ends_with_finns_network_alone_and_with_his_loss_scale():
+    fidelity = _load_fidelity()
+    variants, _ = fidelity.ALGORITHMS["maml"]
+    assert variants[:3] == ("baseline", "sum_per_shot_loss", "nearest_resize")  # the runs already made keep their order
+    assert variants[3:] == ("maml_network", "maml_network_sum_per_shot")
+    assert fidelity.VARIANTS["maml_network"][0] == ["--network", "maml"]
+    assert fidelity.VARIANTS["maml_network_sum_per_shot"][0] == ["--network", "maml", "--loss-reduction", "sum_per_shot"]
+    overrides = {"network": "maml", "loss_reduction": "sum_per_shot"}  # what the flags set, as the CLI takes them
+    assert train.resolve_settings("maml", "omniglot", 5, 1, overrides).network == "maml"
 
 
 def test_fidelity_pairs_evaluation_only_variants_task_by_task(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import pytest
 
 from reptile_tf import flops
 from reptile_tf.errors import UserError
+from reptile_tf.networks import NETWORKS
 from reptile_tf.settings import paper_settings
 
 # Hand count, per image, multiply-adds of each linear layer (Omniglot, 5 ways):
@@ -65,6 +66,20 @@ def test_eval_task_count_adds_prediction_forwards():
 def test_bad_arch_is_a_user_error():
     with pytest.raises(UserError, match="arch"):
         flops.network_layers("resnet", 5)
+    with pytest.raises(UserError, match="network 'finn'"):
+        flops.network_layers("omniglot", 5, "finn")
+
+
+def test_finns_maml_nets_count_their_own_dense_layer():
+    # The same convs; Omniglot's dense layer sees the 64 channel means, Mini-ImageNet's the 'valid'
+    # pooled 5x5x32 map (84 -> 42 -> 21 -> 10 -> 5), so its last conv is the same and the dense smaller.
+    assert [layer.macs for layer in flops.network_layers("omniglot", 5, "maml")] == OMNIGLOT_5WAY_MACS[:-1] + [64 * 5]
+    assert [layer.macs for layer in flops.network_layers("mini_imagenet", 5, "maml")] == \
+        MINI_5WAY_MACS[:3] + [10 * 10 * 32 * 288, 800 * 5]
+    maml = paper_settings("maml", "omniglot", 5, 1)
+    per_pass = flops.train_pass_flops("omniglot", 5, "maml").total
+    assert flops.meta_iteration_flops(maml.replace(network="maml")).total == pytest.approx(32 * (3 * 5 + 5) * per_pass)
+    assert flops.eval_task_flops(maml.replace(network="maml")).total < flops.eval_task_flops(maml).total
 
 
 def _profile_network(arch: str, ways: int, batch: int, with_gradients: bool) -> dict[str, int]:
@@ -126,9 +141,11 @@ def test_flatten_size_matches_the_model():
     from reptile_tf.models import get_model
 
     for arch in flops.ARCHS:
-        params = get_model(arch, 5).init(0)
-        assert params["dense/kernel"].shape[0] == flops.flatten_size(arch)
-        # Conv output shapes of the real model agree with the layer list (one image, one task).
-        x = tf.zeros([1, 2, *get_model(arch, 5).input_shape])
-        logits = get_model(arch, 5).apply({k: v[None] for k, v in params.items()}, x)
-        assert logits.shape == (1, 2, 5)
+        for network in NETWORKS:
+            model = get_model(arch, 5, network=network)
+            params = model.init(0)
+            assert params["dense/kernel"].shape[0] == flops.flatten_size(arch, network)
+            # Conv output shapes of the real model agree with the layer list (one image, one task).
+            x = tf.zeros([1, 2, *model.input_shape])
+            logits = model.apply({k: v[None] for k, v in params.items()}, x)
+            assert logits.shape == (1, 2, 5)

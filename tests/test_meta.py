@@ -719,3 +719,58 @@ def test_meta_step_is_the_algorithm_lookup_on_its_drawn_minibatches(algorithm):
     for key in want:
         np.testing.assert_array_equal(got[key].numpy(), want[key].numpy(), err_msg=key)
     assert {k: float(v) for k, v in got_metrics.items()} == {k: float(v) for k, v in want_metrics.items()}
+
+
+# ----------------------------------------------------------------------------- params fixed in the inner loop
+
+
+def test_inner_loop_leaves_the_frozen_params_and_maml_differentiates_them_through_the_query_loss():
+    # Finn's MAML nets: the batch-norm offsets are not in his adapted `weights`, only the meta
+    # optimizer trains them.
+    model = get_model("omniglot", 3, network="maml")
+    frozen = model.inner_frozen
+    assert frozen == {f"bn{block}/offset" for block in range(4)}
+    rng = np.random.default_rng(5)
+    phi = {k: v + (0.3 * rng.normal(size=v.shape) if k in frozen else 0) for k, v in model.init(4, tf.float64).items()}
+    batch = _to64(_classification_batch(2, 3, 2, 2, seed=41))
+    xs, ys = meta.make_inner_batches(batch["support_x"], batch["support_y"], 0, 2, tf.constant([1, 2]))
+    start = broadcast_params(phi, 2)
+    for cfg in (meta.InnerConfig(optimizer="sgd", lr=0.4), meta.InnerConfig(optimizer="adam", lr=0.01)):
+        result = meta.inner_loop(model, start, xs, ys, cfg)
+        for name in phi:
+            unchanged = np.array_equal(result.params[name].numpy(), start[name].numpy())
+            assert unchanged == (name in frozen), (cfg.optimizer, name)
+        assert all(not np.any(step[name].numpy()) for step in result.grads for name in frozen)
+
+    cfg = meta.InnerConfig(optimizer="sgd", lr=0.4)
+    grad, _, _, _ = meta.maml_meta_gradient(model, phi, xs, ys, batch["query_x"], batch["query_y"], cfg)
+    # Reference written here: two SGD steps on every param but the offsets, then the query loss.
+    with tf.GradientTape() as tape:
+        tape.watch(phi)
+        task = broadcast_params(phi, 2)
+        for step in range(2):
+            with tf.GradientTape() as inner:
+                inner.watch(task)
+                loss = tf.reduce_sum(model.loss(model.apply(task, xs[:, step]), ys[:, step]))
+            step_grads = inner.gradient(loss, task)
+            task = {k: v if k in frozen else v - 0.4 * step_grads[k] for k, v in task.items()}
+        query_loss = tf.reduce_mean(model.loss(model.apply(task, batch["query_x"]), batch["query_y"]))
+    _assert_params_close(grad, tape.gradient(query_loss, phi), rtol=1e-8, atol=1e-12)
+    for name in frozen:
+        assert np.abs(grad[name].numpy()).max() > 1e-6, name
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "reptile"])
+def test_a_meta_step_moves_the_frozen_params_only_by_an_outer_gradient(algorithm):
+    model = get_model("omniglot", 5, network="maml")
+    settings = paper_settings(algorithm, "omniglot", 5, 1).replace(meta_batch=2, inner_steps=1, inner_batch=5,
+                                                                   network="maml")
+    state = meta.init_meta_state(model, model.init(0), settings)
+    batch = _classification_batch(2, 5, settings.training_task_shape[0], 1, seed=42)
+    new_state, _ = meta.meta_step(model, settings, state, batch, tf.constant(settings.outer_lr))
+    for name in model.inner_frozen:
+        moved = not np.array_equal(new_state[f"params/{name}"].numpy(), state[f"params/{name}"].numpy())
+        # MAML: outer Adam on the query-loss gradient; Reptile: phi moves towards the adapted params,
+        # which keep the offsets
+        assert moved == (algorithm == "maml"), name
+    assert not np.array_equal(new_state["params/conv0/kernel"].numpy(), state["params/conv0/kernel"].numpy())

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from reptile_tf import datasets, runtime
 from reptile_tf.errors import UserError
+from reptile_tf.networks import NETWORKS
 from reptile_tf.models import (
     CONV_PATHS, available_conv_paths, batch_norm, batched_conv3x3, broadcast_params, choose_conv_path,
     count_params, cross_entropy_loss, fold_tasks, folded_batch_norm, get_model, grouped_conv3x3, sliced_conv3x3,
@@ -220,14 +221,16 @@ def test_fold_tasks_round_trip_and_channel_order():
     np.testing.assert_array_equal(unfold_tasks(folded, 5).numpy(), x.numpy())
 
 
+@pytest.mark.parametrize("network", NETWORKS)
 @pytest.mark.parametrize("path", available_conv_paths())
 @pytest.mark.parametrize("arch", datasets.IMAGE_DATASETS)
-def test_float32_network_of_every_conv_path_matches_float64_task_major_network(arch, path):
+def test_float32_network_of_every_conv_path_matches_float64_task_major_network(arch, path, network):
     """Every conv path of the float32 network (folded grouped/split with fused batch norm,
     task-major sliced...) computes the float64 task-major network's function (sliced conv,
-    unfused batch norm): same outputs and same parameter gradients, up to float32 rounding."""
-    model = get_model(arch, 5, conv_path=path)
-    assert model.conv_path == path
+    unfused batch norm): same outputs and same parameter gradients, up to float32 rounding.
+    For both families (Finn's: no batch-norm scale, 'valid' pool, global average head)."""
+    model = get_model(arch, 5, conv_path=path, network=network)
+    assert model.conv_path == path and model.network == network
     params = {k: tf.stack([v, v * 1.1]) for k, v in model.init(3).items()}
     x = tf.random.stateless_uniform([2, 4, *model.input_shape], seed=[9, 9])
     y = tf.constant([[0, 1, 2, 3], [4, 3, 2, 1]])
@@ -307,3 +310,78 @@ def test_without_grouped_conv_gradient_the_model_falls_back_and_trains(onednn, t
         assert out.stderr.count("reptile-tf: this TensorFlow cannot differentiate a grouped convolution") == 1
     elif platform.machine().lower() in ("x86_64", "amd64"):
         assert (path, enabled, source) == ("grouped", "True", "reptile-tf")
+
+
+# ----------------------------------------------------------------------------- Finn's MAML nets
+
+
+@pytest.mark.parametrize("arch,ways,count,features", [("omniglot", 5, 111_749, 64), ("omniglot", 20, 112_724, 64),
+                                                      ("mini_imagenet", 5, 32_645, 800)])
+def test_maml_network_params_have_no_batch_norm_scale(arch, ways, count, features):
+    # omniglot: the 4 conv kernels, 4 BN offsets of 64, dense on the 64 channel means (+ bias);
+    # mini_imagenet: 'valid' pools 84 -> 42 -> 21 -> 10 -> 5, dense on 5*5*32 = 800 features.
+    model = get_model(arch, ways, network="maml")
+    params = model.init(0)
+    assert count_params(params) == count
+    assert not [name for name in params if name.endswith("/scale")]
+    assert params["dense/kernel"].shape == (features, ways) and params["bn3/offset"].shape == (NETWORKS["maml"][arch].filters,)
+    assert model.inner_frozen == {f"bn{block}/offset" for block in range(4)}
+    reptile = get_model(arch, ways)
+    assert reptile.network == "reptile" and reptile.inner_frozen == frozenset()
+    assert {name: v.shape for name, v in params.items() if name.startswith("conv")} == \
+        {name: v.shape for name, v in reptile.init(0).items() if name.startswith("conv")}
+
+
+def test_maml_network_init_conv_glorot_dense_standard_normal():
+    model = get_model("omniglot", 20, network="maml")
+    params, again = model.init(7), model.init(7)
+    reptile = get_model("omniglot", 20).init(7)
+    for name in params:
+        np.testing.assert_array_equal(params[name].numpy(), again[name].numpy())
+    for block in range(4):  # same glorot-uniform kernels from the same seed as the Reptile net
+        np.testing.assert_array_equal(params[f"conv{block}/kernel"].numpy(), reptile[f"conv{block}/kernel"].numpy())
+        np.testing.assert_array_equal(params[f"bn{block}/offset"].numpy(), 0.0)
+    kernel = params["dense/kernel"].numpy()  # Finn's tf.random_normal: N(0, 1), whatever the fans
+    assert abs(kernel.mean()) < 0.1 and abs(kernel.std() - 1.0) < 0.08 and np.abs(kernel).max() > 2.5
+    np.testing.assert_array_equal(params["dense/bias"].numpy(), 0.0)
+    mini = get_model("mini_imagenet", 5, network="maml").init(7)["dense/kernel"].numpy()
+    limit = np.sqrt(6.0 / (800 + 5))  # Finn's Mini-ImageNet dense: xavier (glorot) uniform
+    assert np.abs(mini).max() <= limit and np.abs(mini).max() > 0.9 * limit
+
+
+def finn_forward_conv(arch, params, x):
+    """cbfinn/maml `forward_conv` for one task, written with plain TF ops: conv + batch norm
+    (batch statistics, offset, no scale) + ReLU (+ 2x2 'VALID' max-pool), then the channel means
+    (Omniglot) or the flattened map (Mini-ImageNet), dense."""
+    net = NETWORKS["maml"][arch]
+    out = x
+    for block in range(4):
+        out = tf.nn.conv2d(out, params[f"conv{block}/kernel"], net.stride, "SAME")
+        mean, variance = tf.nn.moments(out, axes=[0, 1, 2])
+        out = tf.nn.relu(tf.nn.batch_normalization(out, mean, variance, params[f"bn{block}/offset"], None, 1e-3))
+        if net.max_pool:
+            out = tf.nn.max_pool2d(out, 2, 2, "VALID")
+    features = tf.reduce_mean(out, [1, 2]) if net.head == "mean" else tf.reshape(out, [out.shape[0], -1])
+    return tf.matmul(features, params["dense/kernel"]) + params["dense/bias"]
+
+
+@pytest.mark.parametrize("path", available_conv_paths())
+@pytest.mark.parametrize("arch", datasets.IMAGE_DATASETS)
+def test_maml_network_computes_finns_forward_conv(arch, path):
+    model = get_model(arch, 5, conv_path=path, network="maml")
+    rng = np.random.default_rng(4)
+    params = {k: tf.constant(v.numpy() + (rng.normal(size=v.shape).astype(np.float32) if "offset" in k else 0))
+              for k, v in model.init(5).items()}  # nonzero offsets: the offset is applied
+    x = tf.random.stateless_uniform([2, 6, *model.input_shape], seed=[3, 4])
+    got = model.apply(broadcast_params(params, 2), x).numpy()
+    for t in range(2):
+        want = finn_forward_conv(arch, params, x[t]).numpy()
+        np.testing.assert_allclose(got[t], want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
+
+
+def test_unknown_network_and_a_network_without_the_arch_are_user_errors():
+    with pytest.raises(UserError, match="unknown network 'finn'; choose one of reptile, maml"):
+        get_model("omniglot", 5, network="finn")
+    with pytest.raises(UserError, match="network 'maml' has no sine net"):
+        get_model("sine", 1, network="maml")
+    assert get_model("sine", 1).network == "reptile"

@@ -158,3 +158,32 @@ def test_derived_facts_are_not_fields():
     settings = paper_settings("fomaml", "omniglot", 5, 1)
     assert set(settings.to_dict()) <= set(S.field_types())
     assert isinstance(Settings.uses_tail_batch, property) and "uses_tail_batch" not in S.field_types()
+
+
+# ------------------------------------------------------------------ network (issue 11)
+
+
+def test_network_defaults_to_the_reptile_nets_and_old_configs_load():
+    settings = paper_settings("maml", "omniglot", 5, 1)
+    assert settings.network == "reptile"
+    written = settings.to_dict()
+    assert "network" not in written  # a config.json as written before the field existed
+    assert S.settings_from_config(written) == settings
+    finn = settings.replace(network="maml")
+    assert finn.problems() == [] and finn.to_dict()["network"] == "maml"
+    assert S.settings_from_config(finn.to_dict()) == finn
+    assert S.override_value("network", "maml") == "maml"  # a workflow `overrides: {network: maml}`
+    assert S.merge_settings("maml", "omniglot", 5, 1, {"network": "maml"}) == finn
+
+
+def test_a_bad_network_is_a_user_error_naming_the_choices():
+    settings = paper_settings("maml", "omniglot", 5, 1)
+    assert settings.replace(network="finn").problems() == [
+        ("network", "network='finn' is not supported; use one of reptile, maml")]
+    with pytest.raises(UserError, match="network='finn' is not supported; use one of reptile, maml"):
+        settings.replace(network="finn").validate()
+    with pytest.raises(UserError, match="network='finn'"):
+        S.check_value("network", "finn")
+    sine = paper_settings("maml", "sine", 1, 10).replace(network="maml")
+    assert sine.problems() == [("network", "network='maml' has no sine net (it has omniglot, mini_imagenet); "
+                                           "use network='reptile' for sine")]
