@@ -114,13 +114,16 @@ def test_fidelity_summary_compares_each_variant_with_the_baseline():
     assert all(set(variants) <= set(fidelity.VARIANTS) for variants, _ in fidelity.ALGORITHMS.values())
 
 
-def test_fidelity_maml_grid_ends_with_finns_network_alone_and_with_his_loss_scale():
+def test_fidelity_maml_grid_ends_with_finns_network_alone_with_his_loss_scale_and_his_data():
     fidelity = _load_fidelity()
     variants, _ = fidelity.ALGORITHMS["maml"]
     assert variants[:3] == ("baseline", "sum_per_shot_loss", "nearest_resize")  # the runs already made keep their order
-    assert variants[3:] == ("maml_network", "maml_network_sum_per_shot")
+    assert variants[3:] == ("maml_network", "maml_network_sum_per_shot", "maml_official_all")
     assert fidelity.VARIANTS["maml_network"][0] == ["--network", "maml"]
     assert fidelity.VARIANTS["maml_network_sum_per_shot"][0] == ["--network", "maml", "--loss-reduction", "sum_per_shot"]
+    # Finn's code as it is: his network and loss scale on the binary NEAREST images his resize gives
+    flags, data, _, _ = fidelity.VARIANTS["maml_official_all"]
+    assert flags == ["--network", "maml", "--loss-reduction", "sum_per_shot"] and data == fidelity.NEAREST_DATA
     overrides = {"network": "maml", "loss_reduction": "sum_per_shot"}  # what the flags set, as the CLI takes them
     assert train.resolve_settings("maml", "omniglot", 5, 1, overrides).network == "maml"
 

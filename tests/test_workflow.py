@@ -158,8 +158,7 @@ def test_good_overrides_plan_and_reach_the_train_command(workdir, tmp_path):
 ])
 def test_omniglot_resize_filter_gets_its_own_data_dir(workdir, tmp_path, resize_filter, data_dir, prepare_flag):
     """`reptile-tf prepare` keeps one resize filter per data dir, so the official (nearest) Omniglot
-    is built beside the default one, and train and evaluate read it from there, except an
-    algorithm with its own filter (config.yaml: MAML reads LANCZOS, as Finn's code)."""
+    is built beside the default one, and train and evaluate read it from there."""
     extra = []
     if resize_filter:
         extra = [overrides_file(tmp_path, "resize.yaml", {"data": {"omniglot_resize_filter": resize_filter}})]
@@ -172,19 +171,15 @@ def test_omniglot_resize_filter_gets_its_own_data_dir(workdir, tmp_path, resize_
     train = [line for line in out.splitlines() if "reptile-tf train" in line]
     evaluate = [line for line in out.splitlines() if "reptile-tf evaluate" in line]
     assert train and evaluate
-    for line in train + evaluate:
-        own = "data/tfds" if "--algorithm maml" in line or "/maml/" in line else data_dir
-        assert f"--data-dir {own} " in line, line
-    assert any("/maml/" in line for line in evaluate) and any("/reptile/" in line for line in evaluate)
+    assert all(f"--data-dir {data_dir} " in line for line in train + evaluate)
 
 
 @pytest.mark.parametrize("preset, official", [("paper.yaml", True), ("paper_cpu.yaml", True),
                                               ("quick.yaml", False), ("smoke.yaml", False)])
 def test_paper_presets_train_with_the_official_code_semantics(workdir, preset, official):
     """Issue 16: where the official Reptile code's behaviour moves accuracy beyond the seed spread
-    (summed inner loss, 1-bit NEAREST Omniglot), the paper presets follow it; MAML follows Finn's
-    code (LANCZOS Omniglot, results/fidelity/maml); quick and smoke keep this project's defaults so
-    their references stay valid."""
+    (summed inner loss, 1-bit NEAREST Omniglot), the paper presets follow it; MAML (Finn's code)
+    keeps the mean; quick and smoke keep this project's defaults so their references stay valid."""
     result = snakemake(workdir, "-n", "-p", "--configfile", f"workflow/config/{preset}")
     assert result.returncode == 0, result.stderr[-3000:]
     train = [line for line in (result.stdout + result.stderr).splitlines()
@@ -194,9 +189,7 @@ def test_paper_presets_train_with_the_official_code_semantics(workdir, preset, o
         algorithm = line.split("--algorithm ")[1].split()[0]
         summed = "--loss-reduction sum" in line
         assert summed == (official and algorithm in ("reptile", "fomaml")), line
-        nearest = "--data-dir data/tfds_nearest " in line
-        assert nearest == (official and algorithm in ("reptile", "fomaml")), line
-        assert nearest or "--data-dir data/tfds " in line, line
+        assert ("--data-dir data/tfds_nearest " in line) == official, line
 
 
 def test_override_check_and_cli_accept_the_same_values():

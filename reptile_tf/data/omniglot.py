@@ -9,8 +9,9 @@ those ids by `reptile_tf.data.episodes`, so one prepared dataset serves both.
 Resize filter: the 105x105 1-bit PNG is converted to 8-bit grayscale ('L', 0/255) and
 resized to 28x28 with PIL's LANCZOS filter. Polarity is kept as in the archives and as
 the official Reptile code's PIL pipeline gives it: background bright (255), strokes dark.
-(The official code resizes the 1-bit image with PIL's default filter, which for mode '1'
-is nearest neighbour, giving binary 0/1 images; LANCZOS on 'L' keeps anti-aliased stroke
+(The official Reptile code resizes the 1-bit image with PIL's default filter, which for mode
+'1' is nearest neighbour, giving binary 0/1 images; Finn's MAML code asks for LANCZOS on the
+same 1-bit image, which PIL ignores: NEAREST too. LANCZOS on 'L' keeps anti-aliased stroke
 edges instead, which is the common choice of later TF/PyTorch ports.)
 `reptile-tf prepare omniglot --resize-filter nearest` builds the official variant instead
 (`resize_drawing(..., "nearest")`: exactly `np.array(Image.open(png).resize((28, 28)))` of

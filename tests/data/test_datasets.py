@@ -263,7 +263,7 @@ def test_tiny_mini_imagenet_uses_the_images_present_and_says_so(tiny_mini_imagen
 # --------------------------------------------------------------------------- official preprocessing option
 
 
-def test_nearest_resize_is_the_official_pipeline(omniglot_raw_dir):
+def test_nearest_resize_is_the_official_reptile_and_maml_pipeline(omniglot_raw_dir):
     from reptile_tf.data import omniglot
 
     with zipfile.ZipFile(omniglot_raw_dir / "images_background.zip") as zf:
@@ -276,6 +276,10 @@ def test_nearest_resize_is_the_official_pipeline(omniglot_raw_dir):
             assert got.dtype == np.uint8 and got.shape == (28, 28, 1)
             assert set(np.unique(got)) <= {0, 255}
             np.testing.assert_array_equal(got[:, :, 0].astype(np.float32) / 255.0, official)
+            # cbfinn/maml data/omniglot_resized/resize_images.py asks for LANCZOS, which PIL ignores
+            # for a 1-bit image: Finn's MAML code reads the same binary images (before its inversion)
+            finn = np.asarray(Image.open(io.BytesIO(png)).resize((28, 28), resample=Image.LANCZOS), dtype=bool)
+            np.testing.assert_array_equal(got[:, :, 0] == 255, finn)
             # the default is unchanged: LANCZOS on 8-bit grayscale
             expected = np.asarray(Image.open(io.BytesIO(png)).convert("L").resize((28, 28), resample=Image.LANCZOS))
             np.testing.assert_array_equal(omniglot.resize_drawing(png)[:, :, 0], expected)

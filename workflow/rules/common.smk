@@ -179,13 +179,11 @@ def resource(rule_name, key):
     return config["resources"][rule_name][key]
 
 
-def tfds_root(dataset, algorithm):
-    """The TFDS data dir `algorithm` reads `dataset` from: Omniglot prepared with a non-default
-    resize filter (data.omniglot_resize_filter, or the algorithm's entry of
-    data.omniglot_resize_filter_per_algorithm; `nearest` = the official Reptile code's
-    preprocessing) gets its own, since `reptile-tf prepare` keeps one filter per data dir."""
-    resize = config["data"]["omniglot_resize_filter_per_algorithm"].get(
-        algorithm, config["data"]["omniglot_resize_filter"])
+def tfds_root(dataset):
+    """The TFDS data dir holding `dataset`: Omniglot prepared with a non-default resize filter
+    (data.omniglot_resize_filter; `nearest` = the official code's preprocessing) gets its own,
+    since `reptile-tf prepare` keeps one filter per data dir."""
+    resize = config["data"]["omniglot_resize_filter"]
     if dataset == "omniglot" and resize != "lanczos":
         return f"{TFDS}_{resize}"
     return TFDS
@@ -193,7 +191,7 @@ def tfds_root(dataset, algorithm):
 
 def prepared(wildcards):
     """The TFDS dataset a job reads (built by the prepare rule)."""
-    return f"{tfds_root(wildcards.dataset, wildcards.algorithm)}/{wildcards.dataset}"
+    return f"{tfds_root(wildcards.dataset)}/{wildcards.dataset}"
 
 
 def prepared_for(output_name):
@@ -226,7 +224,7 @@ def seed_group_out(wildcards):
 
 def data_dir_of(wildcards):
     """`--data-dir` of a train or evaluate job."""
-    return tfds_root(wildcards.dataset, wildcards.algorithm)
+    return tfds_root(wildcards.dataset)
 
 
 def prepare_flags(wildcards):
