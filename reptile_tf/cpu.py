@@ -33,8 +33,14 @@ def cpu_info() -> dict[str, Any]:
 
 
 def cpu_class() -> str:
-    """A short label of the CPU class for result files: 'avx512' or 'avx2' (x86-64), else the arch."""
+    """A short label of the CPU class for result files: 'amx', 'avx512' or 'avx2' (x86-64), else the arch.
+
+    'amx' (Intel Xeon with AMX tiles, AVX-512 included) is a class of its own: oneDNN runs
+    bfloat16 matmuls and convolutions on the tiles there, so its bfloat16 speed is not the
+    'avx512' class's (AMD Zen 4: AVX512_BF16 instructions only)."""
     info = cpu_info()
+    if "amx_bf16" in info["flags"]:
+        return "amx"
     if "avx512f" in info["flags"]:
         return "avx512"
     if "avx2" in info["flags"]:

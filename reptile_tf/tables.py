@@ -9,8 +9,9 @@ below `--runs` (config.json + eval.json + metrics.jsonl, docs/interfaces.md) and
 - `learning_curves_<dataset>_<ways>w<shots>s.png` (training accuracy per algorithm).
 
 The CSV has one row per table cell that we measured (method x setting), with our mean, our
-95% interval, the published value, the difference and whether the published value is inside
-our interval. `reptile-tf tables diff OLD.csv NEW.csv --tolerance X` compares two such CSVs.
+95% interval, the published value, the difference, whether the published value is inside
+our interval, and whether the two agree once the published ± is counted too
+(`published_agrees`, see `agrees_with_published`). `reptile-tf tables diff OLD.csv NEW.csv --tolerance X` compares two such CSVs.
 
 Tables read run directories only, never MLflow (the run directory is the source of truth).
 """
@@ -43,7 +44,7 @@ TABLES = {
 }
 KEY_COLUMNS = ("dataset", "method", "ways", "shots")
 # Derived columns (functions of the compared ones) are shown by `diff` but never compared.
-DERIVED_COLUMNS = ("difference", "published_inside")
+DERIVED_COLUMNS = ("difference", "published_inside", "published_agrees")
 # Measurements: compared by --tolerance, or (ours_mean) by the paired test with --paired, where
 # ours_ci95 (an estimate of the noise itself) is not compared. Every other column is compared
 # exactly (text) or within the tolerance (numbers).
@@ -55,7 +56,7 @@ DEFAULT_ALPHA = 0.001
 CSV_COLUMNS = (
     "dataset", "method", "algorithm", "transductive", "ways", "shots", "setting",
     "ours_mean", "ours_ci95", "seeds", "tasks_per_seed", "interval_basis",
-    "published_mean", "published_pm", "difference", "published_inside",
+    "published_mean", "published_pm", "difference", "published_inside", "published_agrees",
 )
 
 
@@ -65,6 +66,14 @@ CSV_COLUMNS = (
 
 def method_label(algorithm: str, transductive: bool) -> str:
     return ALGORITHM_LABELS.get(algorithm, algorithm) + (" +T" if transductive else "")
+
+
+def agrees_with_published(difference: float, ours_ci95: float, published_pm: float) -> bool:
+    """Whether our estimate and the published one are consistent: |ours - published| within the
+    95% half-width of their difference, sqrt(ours_ci95^2 + published_pm^2), reading both ± as 95%
+    half-widths of independent estimates (a two-sided z-test at 5%). `published_inside` asks more:
+    it counts our noise only, as if the published mean were exact."""
+    return abs(difference) <= math.hypot(ours_ci95, published_pm)
 
 
 def aggregate(runs: Iterable[RunRecord]) -> "pandas.DataFrame":  # noqa: F821
@@ -95,6 +104,7 @@ def aggregate(runs: Iterable[RunRecord]) -> "pandas.DataFrame":  # noqa: F821
             "published_mean": pub_mean, "published_pm": pub_pm,
             "difference": round(cell.mean - pub_mean, 4) if published else math.nan,
             "published_inside": inside,
+            "published_agrees": agrees_with_published(cell.mean - pub_mean, cell.ci95, pub_pm) if published else None,
         })
     frame = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
     order = {m: i for i, m in enumerate(METHOD_ROWS)}
@@ -141,8 +151,10 @@ def _format_cell(row: Any) -> str:
     ours = f"{row.ours_mean:.2f} ± {row.ours_ci95:.2f}"
     if math.isnan(row.published_mean):
         return f"{ours} (paper: —)"
-    flag = "yes" if row.published_inside else "no"
-    return f"{ours} (paper {row.published_mean:g} ± {row.published_pm:g}; Δ {row.difference:+.2f}; in? {flag})"
+    inside = "yes" if row.published_inside else "no"
+    agrees = "yes" if row.published_agrees else "no"
+    return (f"{ours} (paper {row.published_mean:g} ± {row.published_pm:g}; Δ {row.difference:+.2f}; "
+            f"in? {inside}; agrees? {agrees})")
 
 
 def render_markdown(frame: "pandas.DataFrame", dataset: str, command: str) -> str:  # noqa: F821
@@ -157,7 +169,9 @@ def render_markdown(frame: "pandas.DataFrame", dataset: str, command: str) -> st
         "",
         INTERVAL_METHOD,
         "",
-        "Cell: ours mean ± 95% half-width (paper mean ± published ±; Δ = ours − paper; in? = paper inside ours).",
+        "Cell: ours mean ± 95% half-width (paper mean ± published ±; Δ = ours − paper; in? = paper inside ours; "
+        "agrees? = |Δ| within the 95% half-width of the difference, √(ours ± ² + published ± ²), "
+        "i.e. the two estimates are consistent by a two-sided z-test at 5%).",
         "",
         "| method | " + " | ".join(setting_label(w, s) for w, s in settings) + " | seeds |",
         "| --- | " + " | ".join("---" for _ in settings) + " | --- |",

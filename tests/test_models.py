@@ -271,7 +271,7 @@ def test_onednn_is_recorded_as_tensorflow_reports_it():
         assert info["onednn"] is False
     elif platform.machine().lower() in ("x86_64", "amd64") and runtime.onednn_source() == "reptile-tf":
         assert info["onednn"] is True
-    assert info["cpu_class"] in ("avx512", "avx2", platform.machine())
+    assert info["cpu_class"] in ("amx", "avx512", "avx2", platform.machine())
     assert set(info["cpu_flags"]) <= set(runtime.RELEVANT_CPU_FLAGS)
 
 

@@ -61,8 +61,9 @@ def test_tables_values_published_and_inside_flag(tmp_path):
     assert row["published_pm"] == pytest.approx(0.09)
     assert row["difference"] == pytest.approx(row["ours_mean"] - 95.39, abs=1e-3)
     assert bool(row["published_inside"]) is True
+    assert bool(row["published_agrees"]) is True
     far = frame[frame["method"] == "Reptile +T"].iloc[0]
-    assert bool(far["published_inside"]) is False
+    assert bool(far["published_inside"]) is False and bool(far["published_agrees"]) is False
     assert far["published_mean"] == pytest.approx(97.68)
     # MAML non-transductive has no published value: present, published empty
     maml_plain = frame[frame["method"] == "MAML"].iloc[0]
@@ -240,3 +241,11 @@ def test_diff_compares_text_columns_and_names_a_directory(tmp_path, capsys):
     assert "interval_basis" in out and "text differs" in out
     assert cli_main(["tables", "diff", str(tmp_path), str(new)]) == 2
     assert "is a directory" in capsys.readouterr().err
+
+
+def test_agreement_counts_the_published_uncertainty_too():
+    """Outside our interval but within the interval of the difference (the Reptile 5-shot cell of
+    results/paper_cpu: 99.03 ± 0.09 against 98.90 ± 0.10) agrees; a gap beyond both does not."""
+    assert tables.agrees_with_published(0.13, 0.0871, 0.10) and not 0.13 <= 0.0871
+    assert not tables.agrees_with_published(-0.21, 0.14, 0.04)  # 0.21 > hypot(0.14, 0.04) = 0.146
+    assert tables.agrees_with_published(-0.145, 0.14, 0.04)
