@@ -300,7 +300,7 @@ def table(summary: list[dict], rows: list[dict], seeds: list[int], variants: lis
     lines += ["", f"Not finished: {', '.join(missing) if missing else 'none'}."]
     times = [r["train_seconds"] for r in rows if r["train_seconds"] and r["mode"] == MODES[0]]
     if times:
-        lines.append(f"Training wall time per run (under the load of a concurrent background training run): "
+        lines.append(f"Training wall time per run (machine load: see the text above the table): "
                      f"{min(times):.0f}–{max(times):.0f} s.")
     return "\n".join(lines)
 

@@ -201,10 +201,11 @@ class Settings:
 #   through the evaluation step size) -> the paper presets set it for Reptile and FOMAML
 #   (workflow/config/config.yaml `budget.per_algorithm`). So does Omniglot's NEAREST resize
 #   (data.omniglot_resize_filter: nearest).
-# - MAML keeps "mean": Finn's "sum_per_shot" (step 0.4 on N x the mean) with this project's network
-#   learns slower and collapses under 3 test steps (Omniglot 5-way 1-shot, 1,200 iterations: 45.9%
-#   against 91.3% transductive; results/fidelity/maml/README.md). His step size goes with his network
-#   (docs/reference.md, "MAML hyperparameters").
+# - MAML: Finn's "sum_per_shot" (step 0.4 on N x the mean) with this project's network learns
+#   slower and collapses under 3 test steps (Omniglot 5-way 1-shot, 1,200 iterations: 45.9% against
+#   91.3% transductive; results/fidelity/maml/README.md). His step size goes with his network: the
+#   paper presets set both (network "maml", "sum_per_shot"), which trails our defaults by 2 points
+#   at 6,000 of 60,000 iterations and is closing (results/fidelity/maml_6000/README.md).
 # - inner_adam_mode "sequential": no effect beyond the spread -> "parallel_mean" everywhere (faster).
 # - eval_adam_state: both codes use "training"; "fresh" is a diagnostic only.
 # - network (issue 11, fidelity to Finn's MAML code): the conv nets of reptile_tf.networks.NETWORKS.

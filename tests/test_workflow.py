@@ -177,9 +177,10 @@ def test_omniglot_resize_filter_gets_its_own_data_dir(workdir, tmp_path, resize_
 @pytest.mark.parametrize("preset, official", [("paper.yaml", True), ("paper_cpu.yaml", True),
                                               ("quick.yaml", False), ("smoke.yaml", False)])
 def test_paper_presets_train_with_the_official_code_semantics(workdir, preset, official):
-    """Issue 16: where the official Reptile code's behaviour moves accuracy beyond the seed spread
-    (summed inner loss, 1-bit NEAREST Omniglot), the paper presets follow it; MAML (Finn's code)
-    keeps the mean; quick and smoke keep this project's defaults so their references stay valid."""
+    """Issue 16: where the official codes' behaviour moves accuracy beyond the seed spread, the paper
+    presets follow it: Reptile and FOMAML the summed inner loss, MAML Finn's network and loss scale
+    (results/fidelity/maml), all the 1-bit NEAREST Omniglot; quick and smoke keep this project's
+    defaults so their references stay valid."""
     result = snakemake(workdir, "-n", "-p", "--configfile", f"workflow/config/{preset}")
     assert result.returncode == 0, result.stderr[-3000:]
     train = [line for line in (result.stdout + result.stderr).splitlines()
@@ -187,8 +188,10 @@ def test_paper_presets_train_with_the_official_code_semantics(workdir, preset, o
     assert train
     for line in train:
         algorithm = line.split("--algorithm ")[1].split()[0]
-        summed = "--loss-reduction sum" in line
+        summed = "--loss-reduction sum " in line or line.endswith("--loss-reduction sum")
         assert summed == (official and algorithm in ("reptile", "fomaml")), line
+        finn = "--network maml" in line and "--loss-reduction sum_per_shot" in line
+        assert finn == (official and algorithm == "maml"), line
         assert ("--data-dir data/tfds_nearest " in line) == official, line
 
 
