@@ -28,7 +28,7 @@ from reptile_tf.progress import cli_mode
 from reptile_tf.rundir import (CONFIG_FILE, DONE_FILE, ENVIRONMENT_KEY, EVAL_FILE, EVAL_MODES, eval_csv_name,
                                read_config, read_eval, to_percent)
 from reptile_tf.run_state import load_run_state
-from reptile_tf.scoring import default_chunk_size, score_chunks
+from reptile_tf.scoring import default_chunk_size, score_chunks_by_mode
 from reptile_tf.seeds import EVAL_SEED
 from reptile_tf.settings import Settings, settings_from_config
 from reptile_tf.stats import mean_and_ci95
@@ -115,9 +115,9 @@ def _evaluate_into(run_dir: Path, config: dict[str, Any], settings: Settings, mo
     state, iteration = load_run_state(run_dir, config)
     get_chunk, info = episode_source(settings, split, num_tasks, data_dir, config.get("protocol"))
     computed: dict[str, tuple[dict[str, Any], str]] = {}
-    for mode in modes:
-        with runtime.precision_policy(bool(config.get("mixed_precision"))):
-            per_task = score_chunks(model, settings, state, get_chunk, num_tasks, mode, chunk_size, progress)
+    with runtime.precision_policy(bool(config.get("mixed_precision"))):
+        by_mode = score_chunks_by_mode(model, settings, state, get_chunk, num_tasks, modes, chunk_size, progress)
+    for mode, per_task in by_mode.items():
         csv_name = eval_csv_name(mode)
         entry = summarise(per_task, settings, settings.eval_inner_steps, csv_name)
         machine = runtime.runtime_info()

@@ -9,6 +9,10 @@ predict batched over the chunk's tasks; no per-task Python loop). Two prediction
 - transductive: all queries of a task in one batch (batch-norm statistics from the queries);
 - non_transductive: each query in a batch made of the whole support set plus that one query,
   so a query's prediction cannot depend on the other queries.
+
+The adaptation does not depend on the mode (it sees only the support set), so scoring several
+modes adapts each task once and predicts its queries in every mode (`score_chunks_by_mode`):
+the evaluation's dominant cost, the inner loop, is paid once for both modes.
 """
 
 from __future__ import annotations
@@ -27,8 +31,18 @@ from reptile_tf.rundir import EVAL_MODES
 from reptile_tf.seeds import EVAL_KEY
 from reptile_tf.settings import Settings
 
-# (params, opt_state, seeds [T, 2], support_x, support_y, query_x, query_y) -> per-task metric [T]
+# (params, opt_state, seeds [T, 2], support_x, support_y, query_x, query_y) -> per-task metric
+# [M, T], one row per mode it was made for
 ChunkScorer = Callable[..., tf.Tensor]
+Modes = str | tuple[str, ...]
+
+
+def _as_modes(modes: Modes) -> tuple[str, ...]:
+    modes = (modes,) if isinstance(modes, str) else tuple(modes)
+    unknown = [m for m in modes if m not in EVAL_MODES]
+    if unknown or not modes:
+        raise UserError(f"unknown evaluation mode {(unknown or [''])[0]!r}; choose one of {', '.join(EVAL_MODES)}")
+    return modes
 
 
 def per_task_metric(model: Model, outputs: tf.Tensor, query_y: tf.Tensor) -> tf.Tensor:
@@ -36,30 +50,40 @@ def per_task_metric(model: Model, outputs: tf.Tensor, query_y: tf.Tensor) -> tf.
     return model.accuracy(outputs, query_y) if model.is_classifier else model.loss(outputs, query_y)
 
 
-def make_chunk_scorer(model: Model, settings: Settings, mode: str) -> ChunkScorer:
-    """tf.function (params, opt_state, seed, episodes) -> per-task metric `[T]` for one chunk.
+def make_chunk_scorer(model: Model, settings: Settings, modes: Modes) -> ChunkScorer:
+    """tf.function (params, opt_state, seed, episodes) -> per-task metric `[M, T]` for one chunk,
+    one row per mode of `modes` (a mode name or a tuple of them), each task adapted once.
 
     Adaptation starts from the meta parameters and, for an Adam inner loop, from the
     training-time inner Adam moments (as the official Reptile code evaluates), or from fresh
     moments with `eval_adam_state="fresh"` (`adaptation_adam_state`).
     """
-    if mode not in EVAL_MODES:
-        raise UserError(f"unknown evaluation mode {mode!r}; choose one of {', '.join(EVAL_MODES)}")
+    modes = _as_modes(modes)
 
     @tf.function
     def score(params, opt_state, seed, support_x, support_y, query_x, query_y):
-        outputs = adapted_query_outputs(model, settings, params, opt_state, seed, support_x, support_y,
-                                        query_x, mode)
-        return per_task_metric(model, outputs, query_y)
+        outputs = adapted_query_outputs_by_mode(model, settings, params, opt_state, seed, support_x, support_y,
+                                                query_x, modes)
+        return tf.stack([per_task_metric(model, out, query_y) for out in outputs])
 
     return score
+
+
+def adapted_query_outputs_by_mode(model: Model, settings: Settings, params: dict, opt_state: Any, seed: tf.Tensor,
+                                  support_x: tf.Tensor, support_y: tf.Tensor, query_x: tf.Tensor,
+                                  modes: tuple[str, ...]) -> list[tf.Tensor]:
+    """Adapt to each task's support set once, then predict its queries in each of `modes`
+    -> one `[T, Q, outputs]` per mode."""
+    task_params = meta.adapt(model, settings, params, support_x, support_y, seed, opt_state)
+    return [meta.predict(model, task_params, support_x, query_x, transductive=(mode == "transductive"))
+            for mode in modes]
 
 
 def adapted_query_outputs(model: Model, settings: Settings, params: dict, opt_state: Any, seed: tf.Tensor,
                           support_x: tf.Tensor, support_y: tf.Tensor, query_x: tf.Tensor, mode: str) -> tf.Tensor:
     """Adapt to each task's support set, then predict its queries in `mode` -> `[T, Q, outputs]`."""
-    task_params = meta.adapt(model, settings, params, support_x, support_y, seed, opt_state)
-    return meta.predict(model, task_params, support_x, query_x, transductive=(mode == "transductive"))
+    return adapted_query_outputs_by_mode(model, settings, params, opt_state, seed, support_x, support_y, query_x,
+                                         (mode,))[0]
 
 
 def _pad_tasks(episodes: dict, size: int) -> dict:
@@ -97,32 +121,43 @@ def adaptation_adam_state(settings: Settings, state: dict) -> Any:
 def score_chunks(model: Model, settings: Settings, state: dict, get_chunk: Callable[[int, int], dict],
                  num_tasks: int, mode: str, chunk_size: int, progress: bool | str = True,
                  scorer: ChunkScorer | None = None) -> np.ndarray:
-    """Per-task metric (numpy `[num_tasks]`) of tasks [0, num_tasks), chunk by chunk.
+    """Per-task metric (numpy `[num_tasks]`) of tasks [0, num_tasks) in one mode, chunk by chunk.
 
     `state`: the meta state (meta.init_meta_state layout) holding the parameters to adapt.
-    `scorer`: a `make_chunk_scorer` result to reuse (saves retracing on repeated calls).
+    `scorer`: a `make_chunk_scorer(..., mode)` result to reuse (saves retracing on repeated calls).
     """
+    return score_chunks_by_mode(model, settings, state, get_chunk, num_tasks, (mode,), chunk_size, progress,
+                                scorer)[mode]
+
+
+def score_chunks_by_mode(model: Model, settings: Settings, state: dict, get_chunk: Callable[[int, int], dict],
+                         num_tasks: int, modes: tuple[str, ...], chunk_size: int, progress: bool | str = True,
+                         scorer: ChunkScorer | None = None) -> dict[str, np.ndarray]:
+    """{mode: per-task metric (numpy `[num_tasks]`)} of tasks [0, num_tasks) in each of `modes`,
+    every task adapted once for all of them (`scorer`: a `make_chunk_scorer(..., modes)` result)."""
+    modes = _as_modes(modes)
     params = meta.params_from_state(state)
     opt_state = adaptation_adam_state(settings, state)
-    scorer = scorer or make_chunk_scorer(model, settings, mode)
+    scorer = scorer or make_chunk_scorer(model, settings, modes)
     results = []
-    total, done = 0.0, 0  # running sum for the progress line's mean so far
+    totals, done = np.zeros(len(modes)), 0  # running sums for the progress line's means so far
     name = settings.metric_name
     # A bar on a terminal; in logs a plain line every 5% (and 5 min) with the mean so far.
-    with Progress(num_tasks, f"evaluate {settings.algorithm} {settings.dataset} {mode}", mode=resolve_mode(progress),
-                  unit="task") as bar:
+    with Progress(num_tasks, f"evaluate {settings.algorithm} {settings.dataset} {'+'.join(modes)}",
+                  mode=resolve_mode(progress), unit="task") as bar:
         for start in range(0, num_tasks, chunk_size):
             stop = min(start + chunk_size, num_tasks)
             chunk = _pad_tasks(get_chunk(start, stop), chunk_size)
             values = scorer(params, opt_state, task_seeds(start, chunk_size), chunk["support_x"], chunk["support_y"],
                             chunk["query_x"], chunk["query_y"])
-            results.append(np.asarray(values)[: stop - start])
+            results.append(np.asarray(values)[:, : stop - start])
             if bar.mode != "off":
-                total, done = total + float(np.sum(results[-1], dtype=np.float64)), done + stop - start
-                so_far = total / done
-                bar.set_postfix({f"{name} so far": f"{so_far:.2%}" if name == "accuracy" else f"{so_far:.4g}"})
+                totals, done = totals + np.sum(results[-1], axis=1, dtype=np.float64), done + stop - start
+                shown = [f"{t / done:.2%}" if name == "accuracy" else f"{t / done:.4g}" for t in totals]
+                bar.set_postfix({f"{name} so far": " / ".join(shown)})
             bar.update(stop - start)
-    return np.concatenate(results).astype(np.float64)
+    per_task = np.concatenate(results, axis=1).astype(np.float64)
+    return dict(zip(modes, per_task))
 
 
 def score_episodes(model: Model, settings: Settings, state: dict, episodes: dict, mode: str,

@@ -63,3 +63,29 @@ def test_default_chunk_size_follows_the_memory_of_a_task():
     size = scoring.default_chunk_size(large)
     per_task = 20 * (20 * 5 + 1) * scoring._FIRST_LAYER_BYTES["omniglot"]
     assert 1 < size == scoring.CALL_ACTIVATION_BUDGET // per_task < scoring.MAX_CHUNK_TASKS
+
+
+def test_modes_scored_together_adapt_once_and_equal_each_mode_alone():
+    """Adaptation sees only the support set, so `score_chunks_by_mode` adapts each task once for
+    both batch-norm modes; every mode's scores are exactly those of scoring that mode alone."""
+    model = get_model("omniglot", 5)
+    settings = paper_settings("reptile", "omniglot", 5, 1).replace(eval_inner_steps=2)
+    state = meta.init_meta_state(model, model.init(0), settings)
+    rng = np.random.default_rng(0)
+    tasks, ways = 4, 5
+    episodes = {"support_x": tf.constant(rng.random((tasks, ways, 28, 28, 1)), tf.float32),
+                "support_y": tf.constant(np.tile(np.arange(ways), (tasks, 1)), tf.int32),
+                "query_x": tf.constant(rng.random((tasks, 2 * ways, 28, 28, 1)), tf.float32),
+                "query_y": tf.constant(np.tile(np.arange(ways), (tasks, 2)), tf.int32)}
+    both = scoring.score_chunks_by_mode(model, settings, state, lambda a, b: {k: v[a:b] for k, v in episodes.items()},
+                                        tasks, ("non_transductive", "transductive"), chunk_size=3, progress=False)
+    assert list(both) == ["non_transductive", "transductive"]
+    for mode, scores in both.items():
+        alone = scoring.score_episodes(model, settings, state, episodes, mode, chunk_size=3)
+        np.testing.assert_array_equal(scores, alone)
+    # the modes differ on these tasks, so the test can tell them apart
+    outputs = scoring.adapted_query_outputs_by_mode(
+        model, settings, meta.params_from_state(state), scoring.adaptation_adam_state(settings, state),
+        scoring.task_seeds(0, tasks), episodes["support_x"], episodes["support_y"], episodes["query_x"],
+        ("non_transductive", "transductive"))
+    assert not np.allclose(outputs[0].numpy(), outputs[1].numpy())
