@@ -12,16 +12,22 @@ Omniglot preprocessing), each with the same seeds.
     nice -n 19 .venv/bin/python benchmarks/fidelity.py --report   # only rewrite the results
     nice -n 19 .venv/bin/python benchmarks/fidelity.py --algorithm maml   # MAML 5-way 1-shot, 1,200 it
 
+`--algorithm fomaml`: the Reptile grid's training differences for FOMAML (5-way 1-shot, 2,000
+iterations), plus `no_tail` (no separate final minibatch), into `results/fidelity/fomaml/`.
 MAML runs go to `.cache/fidelity/maml/runs` and report to `results/fidelity/maml/`; MAML has
 no Adam inner loop, so its variants are the loss scale, the Omniglot resize and Finn's network
 (`--network maml`), alone and with his loss scale,
 and all his code's choices together (`maml_official_all`).
 
+Not a fidelity question, same machinery: `--variants baseline,mixed_precision` with its own
+`--runs-dir`/`--results-dir` compares bfloat16 compute with float32 (issue 15;
+`results/fidelity/mixed_precision/README.md` has the command).
+
 Resumable: a run whose eval.json holds both modes for the requested task count is skipped; an
 interrupted training run resumes from its last checkpoint (`reptile-tf train` semantics). Runs go
 to `.cache/fidelity/runs/<variant>/seed<k>` through the `reptile-tf train` / `evaluate` CLI, in
 round-robin order over seeds (every single-difference variant gets seed 0 before any gets seed 1;
-the combined `official_all` comes last), and after every
+the combined variants, `Variant.combined`, come last), and after every
 run `results/fidelity/runs.csv`, `summary.csv` and the table in README.md are rewritten, so a
 partial grid is always reported as far as it got.
 """
@@ -39,6 +45,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(os.environ.get("BIN", ROOT / ".venv" / "bin"))
@@ -50,36 +57,51 @@ RAW_OMNIGLOT = ROOT / "data" / "raw" / "omniglot"
 MODES = ("non_transductive", "transductive")
 TABLE_BEGIN, TABLE_END = "<!-- fidelity-table:begin -->", "<!-- fidelity-table:end -->"
 
-# name -> (train flags, data dir, evaluation-only variant of another variant's training or None, what it is)
-VARIANTS: dict[str, tuple[list[str], Path, str | None, str]] = {
-    "baseline": ([], DEFAULT_DATA, None, "this project's defaults"),
-    "sequential_adam": (["--inner-adam-mode", "sequential"], DEFAULT_DATA, None,
-                        "inner Adam: tasks one after another, one carried state (official)"),
-    "sum_loss": (["--loss-reduction", "sum"], DEFAULT_DATA, None,
-                 "inner loss summed over the minibatch (official `minimize` of the loss vector)"),
-    "nearest_resize": ([], NEAREST_DATA, None, "Omniglot resized as the official code: 1-bit NEAREST, binary"),
-    "half_eval_lr": (["--eval-inner-lr", "0.0005"], DEFAULT_DATA, "baseline",
-                     "evaluation-only proxy of the official summed loss (baseline checkpoints): with sums, the "
-                     "first evaluation step is lr * 5 g / (10 sqrt(v)) = 0.5x ours, so adapt with lr/2 (exact but "
-                     "for epsilon and for the 0.25x weight of new g^2 in v over the 50 steps)"),
-    "sum_eval_only": (["--loss-reduction", "sum"], DEFAULT_DATA, "baseline",
-                      "diagnostic, NOT the official semantics: summed loss in evaluation only, on moments trained "
-                      "with the mean loss, so evaluation steps are ~5x the baseline's"),
-    "fresh_eval_adam": (["--eval-adam-state", "fresh"], DEFAULT_DATA, "baseline",
-                        "diagnostic, not official: adaptation from fresh Adam moments (baseline training)"),
-    "official_all": (["--inner-adam-mode", "sequential", "--loss-reduction", "sum"], NEAREST_DATA, None,
-                     "all official behaviours together"),
-    "sum_per_shot_loss": (["--loss-reduction", "sum_per_shot"], DEFAULT_DATA, None,
-                          "MAML inner loss as Finn's code (`xent / K`, summed): N x the mean, so the inner "
-                          "SGD step 0.4 acts as 0.4 N on the mean loss"),
-    "maml_network": (["--network", "maml"], DEFAULT_DATA, None,
-                     "Finn's MAML-code conv net: batch norm without scale, offsets not adapted in the inner loop, "
-                     "Omniglot global average pooling and an N(0, 1) dense kernel"),
-    "maml_network_sum_per_shot": (["--network", "maml", "--loss-reduction", "sum_per_shot"], DEFAULT_DATA, None,
-                                  "Finn's network with Finn's inner loss scale (LANCZOS images)"),
-    "maml_official_all": (["--network", "maml", "--loss-reduction", "sum_per_shot"], NEAREST_DATA, None,
-                          "Finn's code as it is: his network, his loss scale and his images (his resize script "
-                          "asks PIL for LANCZOS, which PIL ignores for 1-bit images: NEAREST, as the Reptile code)"),
+
+class Variant(NamedTuple):
+    flags: list[str]  # `reptile-tf train` flags (evaluation-only variants: config keys, as flags)
+    data: Path  # the prepared data dir it trains on
+    eval_of: str | None  # the variant whose trained checkpoints it only re-evaluates, or None
+    what: str
+    combined: bool = False  # several differences together: runs after every single-difference variant
+
+
+VARIANTS: dict[str, Variant] = {
+    "baseline": Variant([], DEFAULT_DATA, None, "this project's defaults"),
+    "sequential_adam": Variant(["--inner-adam-mode", "sequential"], DEFAULT_DATA, None,
+                               "inner Adam: tasks one after another, one carried state (official)"),
+    "sum_loss": Variant(["--loss-reduction", "sum"], DEFAULT_DATA, None,
+                        "inner loss summed over the minibatch (official `minimize` of the loss vector)"),
+    "nearest_resize": Variant([], NEAREST_DATA, None, "Omniglot resized as the official code: 1-bit NEAREST, binary"),
+    "half_eval_lr": Variant(["--eval-inner-lr", "0.0005"], DEFAULT_DATA, "baseline",
+                            "evaluation-only proxy of the official summed loss (baseline checkpoints): with sums, the "
+                            "first evaluation step is lr * 5 g / (10 sqrt(v)) = 0.5x ours, so adapt with lr/2 (exact "
+                            "but for epsilon and for the 0.25x weight of new g^2 in v over the 50 steps)"),
+    "sum_eval_only": Variant(["--loss-reduction", "sum"], DEFAULT_DATA, "baseline",
+                             "diagnostic, NOT the official semantics: summed loss in evaluation only, on moments "
+                             "trained with the mean loss, so evaluation steps are ~5x the baseline's"),
+    "fresh_eval_adam": Variant(["--eval-adam-state", "fresh"], DEFAULT_DATA, "baseline",
+                               "diagnostic, not official: adaptation from fresh Adam moments (baseline training)"),
+    "official_all": Variant(["--inner-adam-mode", "sequential", "--loss-reduction", "sum"], NEAREST_DATA, None,
+                            "all official behaviours together", combined=True),
+    "sum_per_shot_loss": Variant(["--loss-reduction", "sum_per_shot"], DEFAULT_DATA, None,
+                                 "MAML inner loss as Finn's code (`xent / K`, summed): N x the mean, so the inner "
+                                 "SGD step 0.4 acts as 0.4 N on the mean loss"),
+    "maml_network": Variant(["--network", "maml"], DEFAULT_DATA, None,
+                            "Finn's MAML-code conv net: batch norm without scale, offsets not adapted in the inner "
+                            "loop, Omniglot global average pooling and an N(0, 1) dense kernel"),
+    "maml_network_sum_per_shot": Variant(["--network", "maml", "--loss-reduction", "sum_per_shot"], DEFAULT_DATA, None,
+                                         "Finn's network with Finn's inner loss scale (LANCZOS images)"),
+    "maml_official_all": Variant(["--network", "maml", "--loss-reduction", "sum_per_shot"], NEAREST_DATA, None,
+                                 "Finn's code as it is: his network, his loss scale and his images (his resize script "
+                                 "asks PIL for LANCZOS, which PIL ignores for 1-bit images: NEAREST, as the Reptile "
+                                 "code)", combined=True),
+    "no_tail": Variant(["--tail-shots", "0"], DEFAULT_DATA, None,
+                       "FOMAML: the last inner step on the inner minibatches, no separate tail minibatch "
+                       "(`--foml` without `--foml-tail`)"),
+    "mixed_precision": Variant(["--mixed-precision"], DEFAULT_DATA, None,
+                               "not an official difference: bfloat16 compute, float32 variables (issue 15: is "
+                               "`--mixed-precision` within noise of float32 at a matched budget?)"),
 }
 # algorithm -> (its variants in run order, default meta-iterations: 2% of the paper's budget)
 ALGORITHMS: dict[str, tuple[tuple[str, ...], int]] = {
@@ -87,6 +109,8 @@ ALGORITHMS: dict[str, tuple[tuple[str, ...], int]] = {
                  "sum_eval_only", "official_all"), 2000),
     # Finn's resize script passes LANCZOS to PIL, which resizes 1-bit images with NEAREST whatever
     # it is asked: his Omniglot is the official Reptile code's binary NEAREST data
+    # FOMAML: the Reptile grid's training differences, and its tail minibatch
+    "fomaml": (("baseline", "sequential_adam", "sum_loss", "nearest_resize", "no_tail", "official_all"), 2000),
     "maml": (("baseline", "sum_per_shot_loss", "nearest_resize", "maml_network", "maml_network_sum_per_shot",
               "maml_official_all"), 1200),
 }
@@ -151,7 +175,8 @@ def derive_eval_only(source: Path, target: Path, flags: list[str]) -> None:
 
 
 def do_run(variant: str, seed: int, iterations: int, tasks: int, algorithm: str = "reptile") -> None:
-    flags, data_dir, eval_of, _ = VARIANTS[variant]
+    spec = VARIANTS[variant]
+    flags, data_dir, eval_of = spec.flags, spec.data, spec.eval_of
     path = run_dir(variant, seed)
     timing_path = path / "fidelity_timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
@@ -173,7 +198,33 @@ def do_run(variant: str, seed: int, iterations: int, tasks: int, algorithm: str 
 # ----------------------------------------------------------------------------- report
 
 
+# runs.csv columns read back as numbers (the rest stay text)
+CSV_NUMBERS = {"seed": int, "tasks": int, "iterations": int, "accuracy": float, "ci95": float,
+               "train_seconds": float, "eval_seconds": float, "delta": float}
+
+
+def read_rows(path: Path) -> list[dict]:
+    """A CSV this script wrote, with its numbers as numbers (empty cells: None); [] when absent."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return [{k: (CSV_NUMBERS[k](v) if v else None) if k in CSV_NUMBERS else v for k, v in row.items()}
+                for row in csv.DictReader(fh)]
+
+
+def with_recorded(fresh: list[dict], recorded: list[dict], key: tuple[str, ...], order: list[str]) -> list[dict]:
+    """`fresh` rows, plus the `recorded` rows (the committed CSV) of every `key` absent from `fresh`,
+    of variants this script still knows, sorted by variant in `order` (then VARIANTS order), then key:
+    the run directories live in `.cache`, so a report on a machine that holds only some of them (a
+    fresh clone) must not drop the rows it cannot recompute."""
+    have = {tuple(r[k] for k in key) for r in fresh}
+    kept = [r for r in recorded if r.get("variant") in VARIANTS and tuple(r.get(k) for k in key) not in have]
+    rank = {name: i for i, name in enumerate(dict.fromkeys([*order, *VARIANTS]))}
+    return sorted(fresh + kept, key=lambda r: (rank[r["variant"]], *(str(r[k]) for k in key[1:])))
+
+
 def collect(variants: list[str], seeds: list[int], tasks: int) -> list[dict]:
+    """Rows of the finished runs on disk, and of `runs.csv` for the runs not on disk (same task count)."""
     rows = []
     for variant in variants:
         for seed in seeds:
@@ -191,10 +242,12 @@ def collect(variants: list[str], seeds: list[int], tasks: int) -> list[dict]:
                              "inner_adam_mode": config.get("inner_adam_mode", "parallel_mean"),
                              "loss_reduction": config.get("loss_reduction", "mean"),
                              "eval_adam_state": config.get("eval_adam_state", "training"),
+                             "mixed_precision": bool(config.get("mixed_precision")),
                              "data_digest": config["data"]["digest"][:12],
                              "train_seconds": timing.get("train_seconds") and round(timing["train_seconds"], 1),
                              "eval_seconds": timing.get("eval_seconds") and round(timing["eval_seconds"], 1)})
-    return rows
+    recorded = [r for r in read_rows(RESULTS / "runs.csv") if r.get("tasks") == tasks]
+    return with_recorded(rows, recorded, ("variant", "seed", "mode"), variants)
 
 
 def summarise(rows: list[dict], variants: list[str]) -> list[dict]:
@@ -232,10 +285,11 @@ def summarise(rows: list[dict], variants: list[str]) -> list[dict]:
 
 def paired_task_deltas(rows: list[dict]) -> list[dict]:
     """Evaluation-only variants against their source checkpoints: per-task accuracy differences on
-    the same tasks (eval_<mode>.csv), pooled over the seeds both have: mean ± 1.96 SE."""
-    done = {(r["variant"], r["seed"]) for r in rows}
+    the same tasks (eval_<mode>.csv), pooled over the seeds both have on disk: mean ± 1.96 SE."""
+    done = {(r["variant"], r["seed"]) for r in rows if (run_dir(r["variant"], r["seed"]) / f"eval_{r['mode']}.csv").exists()}
     out = []
-    for variant, (_, _, eval_of, _) in VARIANTS.items():
+    for variant, spec in VARIANTS.items():
+        eval_of = spec.eval_of
         if eval_of is None:
             continue
         seeds = sorted(s for v, s in done if v == variant and (eval_of, s) in done)
@@ -298,7 +352,7 @@ def table(summary: list[dict], rows: list[dict], seeds: list[int], variants: lis
     missing = [f"{v}/seed{s}" for s in seeds for v in variants if not any(
         r["variant"] == v and r["seed"] == s for r in rows)]
     lines += ["", f"Not finished: {', '.join(missing) if missing else 'none'}."]
-    times = [r["train_seconds"] for r in rows if r["train_seconds"] and r["mode"] == MODES[0]]
+    times = [r["train_seconds"] for r in rows if r.get("train_seconds") and r["mode"] == MODES[0]]
     if times:
         lines.append(f"Training wall time per run (machine load: see the text above the table): "
                      f"{min(times):.0f}–{max(times):.0f} s.")
@@ -306,17 +360,22 @@ def table(summary: list[dict], rows: list[dict], seeds: list[int], variants: lis
 
 
 def report(variants: list[str], seeds: list[int], args) -> None:
-    """Rewrite runs.csv, summary.csv and the README table from every finished run on disk (all of
-    DEFAULT_VARIANTS and `variants`, seeds 0-2 and `seeds`): concurrent workers on disjoint parts
-    of the grid then never overwrite each other's rows."""
+    """Rewrite runs.csv, summary.csv and the README table from every finished run on disk (the
+    algorithm's grid, or only `--variants` when given, seeds 0-2 and `seeds`) and the recorded rows
+    of runs.csv for the runs not on disk: concurrent workers on disjoint parts of the grid then
+    never drop each other's rows."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    variants = list(dict.fromkeys([*ALGORITHMS[args.algorithm][0], *variants]))
+    defaults = ALGORITHMS[args.algorithm][0] if args.variants is None else []
+    variants = list(dict.fromkeys([*defaults, *variants]))
     seeds = sorted(set(seeds) | {0, 1, 2})
     rows = collect(variants, seeds, args.tasks)
+    variants = list(dict.fromkeys([*variants, *(r["variant"] for r in rows)]))
     summary = summarise(rows, variants)
-    paired = paired_task_deltas(rows)
+    paired = with_recorded(paired_task_deltas(rows), read_rows(RESULTS / "paired.csv"), ("variant", "mode"),
+                           list(VARIANTS))
     write_csv(RESULTS / "runs.csv", rows)
     write_csv(RESULTS / "summary.csv", summary)
+    write_csv(RESULTS / "paired.csv", paired)
     readme = RESULTS / "README.md"
     text = readme.read_text() if readme.exists() else f"# Fidelity at matched budget (issue 16)\n\n{TABLE_BEGIN}\n{TABLE_END}\n"
     if TABLE_BEGIN not in text:
@@ -341,8 +400,8 @@ def main() -> int:
     parser.add_argument("--report", action="store_true", help="only rewrite the results from finished runs")
     parser.add_argument("--no-baseline", action="store_true",
                         help="do not run the baseline (another worker does); it is still reported")
-    parser.add_argument("--runs-dir", type=Path, default=None, help=argparse.SUPPRESS)  # smoke tests
-    parser.add_argument("--results-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--runs-dir", type=Path, default=None, help="default: .cache/fidelity[/<algorithm>]/runs")
+    parser.add_argument("--results-dir", type=Path, default=None, help="default: results/fidelity[/<algorithm>]")
     args = parser.parse_args()
     default_variants, default_iterations = ALGORITHMS[args.algorithm]
     args.iterations = args.iterations or default_iterations
@@ -361,9 +420,9 @@ def main() -> int:
     report(variants, seeds, args)
     if args.report:
         return 0
-    if any(VARIANTS[v][1] == NEAREST_DATA for v in variants):
+    if any(VARIANTS[v].data == NEAREST_DATA for v in variants):
         ensure_nearest_data()
-    combined = [v for v in variants if v.endswith("official_all")]
+    combined = [v for v in variants if VARIANTS[v].combined]
     order = [(v, s) for s in seeds for v in variants if v not in combined] + [(v, s) for v in combined for s in seeds]
     for variant, seed in order:
         if finished(run_dir(variant, seed), args.tasks):

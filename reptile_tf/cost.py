@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reptile_tf import flops
-from reptile_tf.cpu import cpu_class
+from reptile_tf.cpu import cpu_class, cpu_info
 from reptile_tf.rundir import EVAL_MODES
 from reptile_tf.settings import Settings, paper_settings
 
@@ -240,18 +240,9 @@ def detect_gpus() -> list[str]:
 
 
 def cpu_description() -> str:
-    """E.g. "2 cores (AMD EPYC 9B14)": the core count and the CPU model from /proc/cpuinfo when readable."""
+    """E.g. "2 cores (AMD EPYC (family 25 model 17 stepping 1))": usable cores and `cpu_info`'s model."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as stream:
-            for line in stream:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cores} cores" + (f" ({model})" if model else "")
+    return f"{cores} cores ({cpu_info()['model']})"
 
 
 def format_hours(hours: float) -> str:

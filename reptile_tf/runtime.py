@@ -140,8 +140,8 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 def bfloat16_cpu_note() -> str | None:
     """Why bfloat16 does not pay on this CPU (None on a GPU), from what benchmarks/mixed_precision.py
-    measured (results/benchmarks/<class>/mixed_precision.md: the avx512 class, AVX512_BF16, 1.00-1.18x;
-    the amx class, AMX tiles too, 1.10-1.22x)."""
+    measured (results/benchmarks/<class>/mixed_precision.md: the avx512 class, AVX512_BF16, 1.00-1.18x
+    on Zen 4 and 1.08-1.10x on Zen 5; the amx class, AMX tiles too, 1.10-1.22x)."""
     if tf.config.list_logical_devices("GPU"):
         return None
     bf16 = [flag for flag in cpu_info()["flags"] if flag in BF16_CPU_FLAGS]
@@ -150,8 +150,9 @@ def bfloat16_cpu_note() -> str | None:
         return (f"reptile-tf: --mixed-precision on a CPU with {', '.join(bf16)}: measured at most about 1.2x the "
                 f"float32 speed at this project's shapes, not consistently (see {where}): oneDNN's bfloat16 "
                 "kernels run the convolutions' forward and input gradient about 2x faster, but the kernel "
-                "gradient, batch norm and the element-wise ops gain little or lose. float32 stays the default on "
-                "CPUs; bfloat16 is meant for GPUs and TPUs")
+                "gradient, batch norm and the element-wise ops gain little or lose. Accuracy is within the seed "
+                "spread of float32 at a matched budget (results/fidelity/mixed_precision/README.md). float32 "
+                "stays the default on CPUs; bfloat16 is meant for GPUs and TPUs")
     return ("reptile-tf: --mixed-precision on a CPU without bfloat16 instructions (no AVX512_BF16 or AMX): "
             "every bfloat16 op converts to float32 and back in software here, so expect it slower than float32 "
             "(not measured on this CPU class yet; even with AVX512_BF16 it is at most about 1.2x faster: "

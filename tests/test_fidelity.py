@@ -3,7 +3,9 @@ run's config, the evaluation start state, and the bookkeeping of benchmarks/fide
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -119,11 +121,12 @@ def test_fidelity_maml_grid_ends_with_finns_network_alone_with_his_loss_scale_an
     variants, _ = fidelity.ALGORITHMS["maml"]
     assert variants[:3] == ("baseline", "sum_per_shot_loss", "nearest_resize")  # the runs already made keep their order
     assert variants[3:] == ("maml_network", "maml_network_sum_per_shot", "maml_official_all")
-    assert fidelity.VARIANTS["maml_network"][0] == ["--network", "maml"]
-    assert fidelity.VARIANTS["maml_network_sum_per_shot"][0] == ["--network", "maml", "--loss-reduction", "sum_per_shot"]
+    assert fidelity.VARIANTS["maml_network"].flags == ["--network", "maml"]
+    assert fidelity.VARIANTS["maml_network_sum_per_shot"].flags == ["--network", "maml", "--loss-reduction", "sum_per_shot"]
     # Finn's code as it is: his network and loss scale on the binary NEAREST images his resize gives
-    flags, data, _, _ = fidelity.VARIANTS["maml_official_all"]
-    assert flags == ["--network", "maml", "--loss-reduction", "sum_per_shot"] and data == fidelity.NEAREST_DATA
+    official = fidelity.VARIANTS["maml_official_all"]
+    assert official.flags == ["--network", "maml", "--loss-reduction", "sum_per_shot"]
+    assert official.data == fidelity.NEAREST_DATA and official.combined
     overrides = {"network": "maml", "loss_reduction": "sum_per_shot"}  # what the flags set, as the CLI takes them
     assert train.resolve_settings("maml", "omniglot", 5, 1, overrides).network == "maml"
 
@@ -144,3 +147,33 @@ def test_fidelity_pairs_evaluation_only_variants_task_by_task(tmp_path, monkeypa
         [("sum_eval_only", "baseline", 4, -10.0)] * 2
     assert paired[0]["ci95"] == round(1.96 * np.std([-20, 0, -20, 0]) / 2, 3)
     assert "sum_eval_only | baseline" in fidelity.paired_table(paired)
+
+
+def test_fidelity_report_keeps_recorded_rows_of_runs_not_on_disk(tmp_path, monkeypatch):
+    # The runs live in .cache: a report from a fresh clone holds none of them and must not wipe
+    # the committed runs.csv / paired.csv; a run that is on disk replaces its recorded row.
+    fidelity = _load_fidelity()
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    monkeypatch.setattr(fidelity, "RUNS", runs)
+    monkeypatch.setattr(fidelity, "RESULTS", results)
+    results.mkdir()
+    recorded = [{"variant": v, "seed": s, "mode": m, "accuracy": acc + s, "ci95": 1.0, "tasks": 10, "iterations": 5}
+                for v, acc in (("baseline", 80.0), ("sum_loss", 70.0)) for s in (0, 1) for m in fidelity.MODES]
+    fidelity.write_csv(results / "runs.csv", recorded)
+    fidelity.write_csv(results / "paired.csv", [{"variant": "half_eval_lr", "versus": "baseline", "mode": "transductive",
+                                                 "seeds": "0 1", "tasks": 20, "delta": -1.5, "ci95": 0.5}])
+    path = fidelity.run_dir("baseline", 1)  # one run on disk, with another result than recorded
+    path.mkdir(parents=True)
+    (path / "eval.json").write_text(json.dumps({m: {"accuracy": 90.0, "ci95": 2.0, "tasks": 10} for m in fidelity.MODES}))
+    (path / "config.json").write_text(json.dumps({"iterations": 5, "data": {"digest": "abc"}}))
+    args = argparse.Namespace(algorithm="reptile", tasks=10, variants=None)
+    fidelity.report(["baseline"], [0, 1], args)
+    rows = fidelity.read_rows(results / "runs.csv")
+    got = {(r["variant"], r["seed"], r["mode"]): r["accuracy"] for r in rows}
+    assert len(rows) == len(recorded)
+    assert got[("baseline", 1, "transductive")] == 90.0  # the run on disk wins
+    assert got[("baseline", 0, "transductive")] == 80.0 and got[("sum_loss", 1, "non_transductive")] == 71.0
+    assert [r["variant"] for r in rows[::2]] == ["baseline"] * 2 + ["sum_loss"] * 2
+    assert fidelity.read_rows(results / "paired.csv")[0]["delta"] == -1.5
+    readme = (results / "README.md").read_text()
+    assert "| sum_loss | transductive | 0 1 |" in readme and "half_eval_lr | baseline | transductive" in readme
