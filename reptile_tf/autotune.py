@@ -6,7 +6,10 @@ on a 2-core AVX-512 EPYC the grouped convolution wins, where oneDNN is off it ha
 all. So the first run of a shape times one forward + backward pass of the whole network with every
 path this TensorFlow can differentiate, keeps the fastest, and caches the choice on disk, keyed
 by CPU model, TensorFlow version, oneDNN state and device; later runs read the cache, so one
-machine keeps making the same choice (and the same numbers). The path a run used is recorded in
+machine keeps making the same choice (and the same numbers). Jobs that start together (a
+workflow's training jobs, with an empty cache) tune one at a time under a lock beside the cache
+file, and a job that waited takes the choice the first one cached: timed separately on a busy
+machine, two jobs could pick two paths, whose rounding differs. The path a run used is recorded in
 its config.json (`environment.conv_path`) and the timings in the cache file.
 
 `--conv-path NAME` (or $REPTILE_TF_CONV_PATH) forces a path; $REPTILE_TF_AUTOTUNE_CACHE moves the
@@ -15,12 +18,15 @@ cache (default `~/.cache/reptile-tf/conv_paths.json`).
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import fcntl
 import json
 import os
 import statistics
 import sys
 import time
-import argparse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,25 +111,50 @@ def tuned_conv_path(arch: str, num_outputs: int, tasks: int, batch: int, dtype: 
     if len(candidates) == 1:
         return candidates[0]
     path, machine, shape = cache_file(), machine_key(), shape_key(arch, tasks, batch, dtype.name, network)
-    cache = read_cache(path)
-    entry = cache["machines"].get(machine, {}).get(shape)
-    if isinstance(entry, dict) and entry.get("path") in candidates:
-        return entry["path"]
-    seconds = {name: time_conv_path(arch, name, num_outputs, tasks, batch, dtype, network) for name in candidates}
-    best = min(seconds, key=seconds.get)
-    print(f"reptile-tf: conv path {best!r} for {shape} (timed once on this machine: "
-          + ", ".join(f"{name} {1000 * s:.2f} ms" for name, s in sorted(seconds.items(), key=lambda kv: kv[1]))
-          + f"; cached in {path})", file=sys.stderr)
-    cache = read_cache(path)  # again: another job may have added its shapes meanwhile
-    cache["machines"].setdefault(machine, {})[shape] = {
-        "path": best, "ms": {name: round(1000 * s, 3) for name, s in seconds.items()},
-        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    cached = _cached_path(path, machine, shape, candidates)
+    if cached:
+        return cached
+    with _locked(path):
+        cached = _cached_path(path, machine, shape, candidates)  # another job may have tuned it meanwhile
+        if cached:
+            return cached
+        seconds = {name: time_conv_path(arch, name, num_outputs, tasks, batch, dtype, network) for name in candidates}
+        best = min(seconds, key=seconds.get)
+        print(f"reptile-tf: conv path {best!r} for {shape} (timed once on this machine: "
+              + ", ".join(f"{name} {1000 * s:.2f} ms" for name, s in sorted(seconds.items(), key=lambda kv: kv[1]))
+              + f"; cached in {path})", file=sys.stderr)
+        cache = read_cache(path)
+        cache["machines"].setdefault(machine, {})[shape] = {
+            "path": best, "ms": {name: round(1000 * s, 3) for name, s in seconds.items()},
+            "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        try:
+            write_json_atomic(path, cache)
+        except OSError as error:  # a read-only home is no reason to fail a run: it measures again next time
+            print(f"reptile-tf: could not cache the conv path in {path} ({error}); set ${CACHE_ENV}", file=sys.stderr)
+    return best
+
+
+def _cached_path(path: Path, machine: str, shape: str, candidates: list[str]) -> str | None:
+    entry = read_cache(path)["machines"].get(machine, {}).get(shape)
+    return entry["path"] if isinstance(entry, dict) and entry.get("path") in candidates else None
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path`.lock (waits for the job holding it); unlocked when the
+    lock file cannot be made (a read-only home): tuning still works, only unserialised."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, cache)
-    except OSError as error:  # a read-only home is no reason to fail a run: it measures again next time
-        print(f"reptile-tf: could not cache the conv path in {path} ({error}); set ${CACHE_ENV}", file=sys.stderr)
-    return best
+        handle = open(path.with_name(path.name + ".lock"), "a")
+    except OSError:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def tuned_model(arch: str, num_outputs: int, tasks: int, batch: int, dtype: tf.DType = tf.float32,

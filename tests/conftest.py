@@ -17,6 +17,12 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The package's environment defaults (oneDNN on where TensorFlow leaves it off, one inter-op thread:
+# reptile_tf/__init__.py) apply only when it is imported before TensorFlow. A test module that
+# imports tensorflow first (isort puts it before reptile_tf) would otherwise run, when collected
+# first, on another kernel path than the CLI: on Zen 3, oneDNN off, where the grouped convolution
+# has no gradient.
+import reptile_tf  # noqa: E402,F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_CACHE = REPO_ROOT / ".cache" / "tests"

@@ -4,6 +4,8 @@ shape, forced by the flag or $REPTILE_TF_CONV_PATH, and recorded in the run's co
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -63,6 +65,37 @@ def test_each_network_family_is_timed_and_cached_on_its_own(cache, monkeypatch):
     timed.clear()
     model = autotune.training_model(settings)
     assert (model.network, model.conv_path, timed) == ("maml", "sliced", [])  # from the cache
+
+
+def test_jobs_tuning_one_shape_at_once_take_one_choice(cache, monkeypatch):
+    # Two jobs starting together on an empty cache (a workflow's training jobs): timed separately on
+    # a busy machine, each could find another path the fastest, and train with other rounding than
+    # the cached choice later runs take (CI saw it: a SLURM run and a local run of one preset
+    # differed in one cell). Here each job's timings favour another path: the first to take the lock
+    # times and caches, the other waits and takes its choice, timing nothing.
+    favourite = {"job-a": "split", "job-b": "sliced"}
+    timed: list[tuple[str, str]] = []
+
+    def time_conv_path(arch, path, num_outputs, tasks, batch, dtype, network="reptile"):
+        job = threading.current_thread().name
+        timed.append((job, path))
+        time.sleep(0.2)  # both jobs are inside tuning at once without the lock
+        return 0.001 if path == favourite[job] else 0.002
+
+    monkeypatch.setattr(autotune, "time_conv_path", time_conv_path)
+    monkeypatch.setattr(autotune, "available_conv_paths", lambda: ["sliced", "split"])
+    chosen: dict[str, str] = {}
+    jobs = [threading.Thread(name=name, target=lambda: chosen.update(
+        {threading.current_thread().name: autotune.tuned_conv_path("omniglot", 5, 5, 10)})) for name in favourite]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join()
+    first = timed[0][0]
+    assert chosen == {"job-a": favourite[first], "job-b": favourite[first]}
+    assert {job for job, _ in timed} == {first} and len(timed) == 2
+    entry = json.loads(cache.read_text())["machines"][autotune.machine_key()]["omniglot 5x10 float32"]
+    assert entry["path"] == favourite[first]
 
 
 def test_a_cached_choice_this_machine_cannot_run_is_measured_again(cache, monkeypatch):

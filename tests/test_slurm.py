@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib.metadata
+import json
 import os
 import re
 import subprocess
@@ -290,6 +291,12 @@ def test_smoke_preset_runs_as_slurm_jobs_and_matches_a_local_run(slurm_cluster, 
     started = time.monotonic()
     snakemake("workflow/profiles/default", tmp_path / "local", tmp_path / "local-run.log")
     local_minutes = (time.monotonic() - started) / 60
+    # The conv path of each run, as its config.json records it: the SLURM jobs started together on an
+    # empty autotune cache, the local ones read it. Before the cache was locked two jobs could time
+    # one shape and pick two paths (other rounding: CI once saw the FOMAML cell move by 0.1).
+    paths = {side: {str(c.relative_to(tmp_path / side)): json.loads(c.read_text())["environment"].get("conv_path")
+                    for c in sorted((tmp_path / side / "runs").rglob("config.json"))} for side in ("slurm", "local")}
+    assert paths["slurm"] == paths["local"] and paths["slurm"], paths
     slurm_table = tmp_path / "slurm" / "results" / f"{TABLE}.csv"
     local_table = tmp_path / "local" / "results" / f"{TABLE}.csv"
     diff = subprocess.run([str(Path(sys.executable).parent / "reptile-tf"), "tables", "diff", str(local_table),
