@@ -41,14 +41,14 @@ def plot_learning_curves(runs: list[RunRecord], dataset: str, ways: int, shots: 
     selected = [r for r in runs if (r.dataset, r.ways, r.shots) == (dataset, ways, shots)]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     drew = False
-    for run in sorted(selected, key=lambda r: (r.algorithm, r.seed)):
+    for run in sorted(selected, key=lambda r: (r.method, r.seed)):
         metrics = read_metrics(run.path)  # accuracies in percent
         train = [(m["iteration"], m["accuracy"]) for m in metrics if m.get("accuracy") is not None]
         if not train:
             continue
         steps, acc = zip(*train)
-        label = f"{ALGORITHM_LABELS.get(run.algorithm, run.algorithm)} seed {run.seed}"
-        color = _COLORS.get(run.algorithm)
+        label = f"{ALGORITHM_LABELS.get(run.method, run.method)} seed {run.seed}"
+        color = _COLORS.get(run.method)
         ax.plot(steps, moving_average(list(acc), 10), color=color, lw=1, label=f"{label} (train)")
         val = [(m["iteration"], m["val_accuracy"]) for m in metrics if m.get("val_accuracy") is not None]
         if val:

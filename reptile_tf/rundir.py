@@ -27,7 +27,7 @@ from typing import Any
 
 from reptile_tf import io
 from reptile_tf.errors import UserError
-from reptile_tf.settings import IDENTITY_FIELDS
+from reptile_tf.settings import IDENTITY_FIELDS, table_method
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -107,7 +107,13 @@ class RunRecord:
 
     @property
     def algorithm(self) -> str:
+        """The algorithm it trained with (`reptile-tf train --algorithm`)."""
         return str(self.config["algorithm"])
+
+    @property
+    def method(self) -> str:
+        """The table row it reports in: `fomaml` for MAML trained first-order (`settings.table_method`)."""
+        return table_method(self.algorithm, bool(self.config.get("first_order")))
 
     @property
     def dataset(self) -> str:

@@ -87,7 +87,7 @@ def aggregate(runs: Iterable[RunRecord]) -> "pandas.DataFrame":  # noqa: F821
             result = run.evaluation.get(mode)
             if not result:
                 continue
-            key = (run.dataset, run.algorithm, mode == "transductive", run.ways, run.shots)
+            key = (run.dataset, run.method, mode == "transductive", run.ways, run.shots)
             groups.setdefault(key, []).append(
                 SeedResult(float(result["accuracy"]), float(result.get("ci95", 0.0)), int(result.get("tasks", 0))))
     rows = []
@@ -139,7 +139,7 @@ def per_task_frame(runs: Iterable[RunRecord]) -> "pandas.DataFrame":  # noqa: F8
             if list(tasks.columns) != ["task", "accuracy"]:
                 raise UserError(f"{path} has columns {list(tasks.columns)}, expected ['task', 'accuracy']; "
                                 f"re-run `reptile-tf evaluate {run.path}`")
-            frames.append(tasks.assign(dataset=run.dataset, method=method_label(run.algorithm, mode == "transductive"),
+            frames.append(tasks.assign(dataset=run.dataset, method=method_label(run.method, mode == "transductive"),
                                        ways=run.ways, shots=run.shots, seed=run.seed))
     if not frames:
         return pd.DataFrame(columns=list(TASK_COLUMNS))

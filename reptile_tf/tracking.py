@@ -227,11 +227,11 @@ def _sha256(text: str) -> str:
 
 
 def run_key(run: RunRecord) -> str:
-    return f"{run.dataset}_{run.ways}w{run.shots}s/{run.algorithm}/seed{run.seed}"
+    return f"{run.dataset}_{run.ways}w{run.shots}s/{run.method}/seed{run.seed}"
 
 
 def group_key(run: RunRecord) -> str:
-    return f"{run.dataset}_{run.ways}w{run.shots}s/{run.algorithm}"
+    return f"{run.dataset}_{run.ways}w{run.shots}s/{run.method}"
 
 
 def _config_without(run_dir: Path, *keys: str) -> str:
@@ -285,7 +285,7 @@ def run_tags(run: RunRecord, experiment: str) -> dict[str, str]:
         KIND_TAG: "seed",
         VERSION_TAG: TRACKING_VERSION,
         STATUS_TAG: run_status(run),
-        "algorithm": run.algorithm, "dataset": run.dataset, "ways": run.ways, "shots": run.shots,
+        "algorithm": run.algorithm, "method": run.method, "dataset": run.dataset, "ways": run.ways, "shots": run.shots,
         "seed": run.seed, "preset": experiment,
         "git_commit": environment.get("git_commit"),
         "data_digest": data.get("digest"),

@@ -187,3 +187,21 @@ def test_a_bad_network_is_a_user_error_naming_the_choices():
     sine = paper_settings("maml", "sine", 1, 10).replace(network="maml")
     assert sine.problems() == [("network", "network='maml' has no sine net (it has omniglot, mini_imagenet); "
                                            "use network='reptile' for sine")]
+
+
+def test_recipes_train_each_table_row_and_the_schema_lists_them():
+    # Every recipe trains one of the algorithms and reports in one table row: its own, except MAML
+    # run first-order, which is FOMAML (as the papers' FOMAML cells were made).
+    from pathlib import Path
+
+    import yaml
+
+    for name, recipe in S.RECIPES.items():
+        assert recipe.algorithm in S.ALGORITHMS and recipe.what
+        trained = paper_settings(recipe.algorithm, "omniglot", 5, 1).replace(**recipe.fixed)
+        assert trained.problems() == []
+        method = S.table_method(trained.algorithm, trained.first_order)
+        assert method == ("fomaml" if name == "maml_first_order" else name)
+    assert S.table_method("maml", False) == "maml" and S.table_method("fomaml", True) == "fomaml"
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    assert schema["definitions"]["budget"]["properties"]["train_as"]["enum"] == list(S.RECIPES)

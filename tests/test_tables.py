@@ -86,6 +86,26 @@ def test_tables_values_published_and_inside_flag(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_maml_trained_first_order_reports_in_the_fomaml_row(tmp_path):
+    # The papers' FOMAML cells are Finn's MAML code run first-order: the workflow trains a FOMAML
+    # cell as `--algorithm maml --first-order` (train_as: maml_first_order) into its fomaml/ run
+    # directory, and the tables read the row from config.json, not from the path.
+    runs = tmp_path / "runs"
+    fomaml = make_run(runs, "fomaml", "omniglot", 5, 1, 0, {"transductive": (98.4, 0.1)})
+    config = json.loads((fomaml / "config.json").read_text())
+    (fomaml / "config.json").write_text(json.dumps({**config, "algorithm": "maml", "first_order": True}))
+    make_run(runs, "maml", "omniglot", 5, 1, 0, {"transductive": (97.0, 0.2)})  # second order: MAML row
+    out = tmp_path / "results"
+    assert cli_main(["tables", "--runs", str(runs), "--out", str(out)]) == 0
+    frame = pd.read_csv(out / "table2_omniglot.csv").set_index("method")
+    assert frame.loc["FOMAML +T", "algorithm"] == "fomaml" and frame.loc["FOMAML +T", "seeds"] == 1
+    assert frame.loc["FOMAML +T", "ours_mean"] == pytest.approx(98.4)
+    assert frame.loc["FOMAML +T", "published_mean"] == pytest.approx(98.3)
+    assert frame.loc["MAML +T", "ours_mean"] == pytest.approx(97.0) and frame.loc["MAML +T", "seeds"] == 1
+    per_task = pd.read_csv(out / "table2_omniglot_tasks.csv")
+    assert set(per_task["method"]) == {"FOMAML +T", "MAML +T"}
+
+
 def test_tables_without_evaluated_runs_is_user_error(tmp_path):
     runs = tmp_path / "runs"
     make_run(runs, "reptile", "omniglot", 5, 1, 0, None)

@@ -117,6 +117,17 @@ def merged_overrides(wildcards):
     return merged
 
 
+def recipe_of(wildcards):
+    """How the job's algorithm trains (`train_as`, same precedence as the budget; default: itself):
+    a reptile_tf.settings.RECIPES entry, checked when the workflow loads (`check_overrides`)."""
+    return _settings_table().RECIPES[budget_value(wildcards, "train_as") or wildcards.algorithm]
+
+
+def trained_algorithm(wildcards):
+    """`reptile-tf train --algorithm` of a job: its recipe's (e.g. maml for FOMAML as Finn's code)."""
+    return recipe_of(wildcards).algorithm
+
+
 def flag(name, value):
     """`--name-with-dashes value`; booleans as --name / --no-name."""
     dashed = f"--{name.replace('_', '-')}"
@@ -131,7 +142,8 @@ def train_flags(wildcards):
     iterations = budget_value(wildcards, "iterations")
     if iterations is not None:
         flags.append(flag("iterations", iterations))
-    flags += [flag(k, v) for k, v in sorted(merged_overrides(wildcards).items()) if k != "iterations"]
+    overrides = {**merged_overrides(wildcards), **recipe_of(wildcards).fixed}
+    flags += [flag(k, v) for k, v in sorted(overrides.items()) if k != "iterations"]
     train = config["train"]
     if train["xla"]:
         flags.append("--xla")
@@ -311,6 +323,18 @@ def override_origins(job):
     return origins
 
 
+def train_as_origin(job, index):
+    """The config key that sets the job's `train_as` (only a per_algorithm scope may)."""
+    for path, scope in (
+        (f"grid.settings.{index}.per_algorithm.{job.algorithm}",
+         (SETTINGS[index].get("per_algorithm") or {}).get(job.algorithm) or {}),
+        (f"budget.per_algorithm.{job.algorithm}", (config["budget"].get("per_algorithm") or {}).get(job.algorithm) or {}),
+    ):
+        if scope.get("train_as") is not None:
+            return f"{path}.train_as"
+    return f"grid.settings.{index}"
+
+
 def config_error(key, message):
     return WorkflowError(
         f"invalid workflow config at key '{key}': {message}. Fix the config file (hyperparameter names "
@@ -320,11 +344,12 @@ def config_error(key, message):
 
 def job_settings(table, job):
     """The Settings one grid job trains with: the paper's, then the config's overrides and budget."""
-    overrides = {k: table.override_value(k, v) for k, v in merged_overrides(job).items()}
+    recipe = recipe_of(job)
+    overrides = {k: table.override_value(k, v) for k, v in merged_overrides(job).items()} | recipe.fixed
     iterations = budget_value(job, "iterations")
     if iterations is not None:
         overrides["iterations"] = iterations
-    return table.merge_settings(job.algorithm, job.dataset, job.ways, job.shots, overrides)
+    return table.merge_settings(recipe.algorithm, job.dataset, job.ways, job.shots, overrides)
 
 
 def check_overrides():
@@ -343,6 +368,11 @@ def check_overrides():
                 table.override_value(key, value)
             except UserError as err:
                 raise config_error(f"{path}.overrides.{key}", str(err)) from None
+    for path, scope in override_scopes():
+        recipe = scope.get("train_as")
+        if recipe is not None and recipe not in table.RECIPES:
+            raise config_error(f"{path}.train_as", f"unknown recipe {recipe!r}; known: " + "; ".join(
+                f"{name} ({r.what})" for name, r in table.RECIPES.items()))
     for job in grid_jobs():
         job = SimpleNamespace(**job)
         label = f"{job.dataset} {job.ways}-way {job.shots}-shot {job.algorithm}"
@@ -351,6 +381,11 @@ def check_overrides():
             settings = job_settings(table, job)
         except UserError as err:
             raise config_error(f"grid.settings.{index}", str(err)) from None
+        method = table.table_method(settings.algorithm, settings.first_order)
+        if method != job.algorithm:  # its results would report in another row of the tables
+            raise config_error(train_as_origin(job, index),
+                               f"{job.algorithm} trained as {settings.algorithm} (first_order={settings.first_order}) "
+                               f"reports in the {method} row of the tables, not the {job.algorithm} row (job {label})")
         problems = settings.problems()
         if problems:
             origins = override_origins(job)

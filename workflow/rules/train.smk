@@ -15,6 +15,7 @@ rule train:
     params:
         run_dir=parent_of_output,
         data_dir=data_dir_of,
+        algorithm=trained_algorithm,
         flags=train_flags,
     conda:
         CONDA_ENV
@@ -28,7 +29,7 @@ rule train:
         mem_mb=resource("train", "mem_mb"),
         runtime=resource("train", "runtime"),
     shell:
-        "TF_NUM_INTRAOP_THREADS={threads} reptile-tf train --algorithm {wildcards.algorithm} --dataset {wildcards.dataset}"
+        "TF_NUM_INTRAOP_THREADS={threads} reptile-tf train --algorithm {params.algorithm} --dataset {wildcards.dataset}"
         " --ways {wildcards.ways} --shots {wildcards.shots} --seed {wildcards.seed}"
         " --out {params.run_dir} --data-dir {params.data_dir} {params.flags} --no-progress > {log} 2>&1"
 
@@ -49,6 +50,7 @@ rule train_seed_group:
         out=seed_group_out,
         seeds=",".join(str(seed) for seed in SEEDS),
         data_dir=data_dir_of,
+        algorithm=trained_algorithm,
         flags=train_flags,
     conda:
         CONDA_ENV
@@ -62,6 +64,6 @@ rule train_seed_group:
         mem_mb=resource("train", "mem_mb"),
         runtime=resource("train", "runtime"),
     shell:
-        "TF_NUM_INTRAOP_THREADS={threads} reptile-tf train --algorithm {wildcards.algorithm} --dataset {wildcards.dataset}"
+        "TF_NUM_INTRAOP_THREADS={threads} reptile-tf train --algorithm {params.algorithm} --dataset {wildcards.dataset}"
         " --ways {wildcards.ways} --shots {wildcards.shots} --seeds {params.seeds}"
         " --out '{params.out}' --data-dir {params.data_dir} {params.flags} --no-progress > {log} 2>&1"
