@@ -17,12 +17,14 @@ different `apply` built here (models.py is not changed):
 The variants and a 2048x2048 matmul are timed interleaved (one call of each per round,
 `--repeats` rounds after `--warmup`), so a change of load hits all of them alike; median per
 variant. On a shared machine the seconds are not the machine's, so each variant's ratio to the
-model is scaled to the idle run of `results/benchmarks/avx512/README.md` (our model 0.0599 s,
-learn2learn 0.117 s, matmul peak 219.1 GFLOP/s, all measured there together): see `table`.
-learn2learn is also timed now when the peers' Python exists (`benchmarks/peers/setup.sh`).
-Writes `<out>/floor.csv` and `<out>/floor.md`.
+model is scaled to the idle `reptile-tf bench` run of the same CPU class (`IDLE_RUNS`: our model,
+learn2learn and the matmul peak, all measured there together): see `table`. learn2learn is also
+timed now when the peers' Python exists (`benchmarks/peers/setup.sh`).
+Writes `<out>/floor.csv` and `<out>/floor.md`; `--rescale` rewrites them from the measured
+seconds already in `<out>/floor.csv` (after `IDLE_RUNS` changes), measuring nothing.
 
     .venv/bin/python benchmarks/floor.py [--out results/benchmarks/avx512] [--repeats 15]
+    .venv/bin/python benchmarks/floor.py --out results/benchmarks/avx2 --rescale
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -54,13 +57,25 @@ from reptile_tf.settings import Settings  # noqa: E402
 
 CASE = Case("reptile", "omniglot", 5)
 PEER_WORKLOAD = "reptile_omniglot_5way"
-# learn2learn's time when it cannot run here: results/benchmarks/avx512/README.md (same machine class).
-# That run's matmul peak and our time in it: the anchors of `table`'s idle scale.
-PUBLISHED_LEARN2LEARN_S = 0.117
-PUBLISHED_PEAK_GFLOPS = 219.1
-PUBLISHED_MODEL_S = 0.0599  # our model's meta-iteration in that run
-PUBLISHED_LEARN2LEARN_SOURCE = "results/benchmarks/avx512/README.md (an earlier run, not this one)"
+
+
+class IdleRun(NamedTuple):
+    """One class's `reptile-tf bench` run, measured with nothing else running: the anchors of
+    `table`'s idle scale (our model's meta-iteration, learn2learn's in the same run, the matmul peak)."""
+    model_s: float
+    learn2learn_s: float
+    peak_gflops: float
+    source: str
+
+
+# A floor run is scaled to the bench run of its own class (`--out`'s last part): the classes' step
+# times differ 2x, so another class's anchors would misstate the fraction of peak and the ratio.
+IDLE_RUNS = {
+    "avx512": IdleRun(0.0599, 0.117, 219.1, "results/benchmarks/avx512/README.md (an earlier run, not this one)"),
+    "avx2": IdleRun(0.1249, 0.315, 149.5, "results/benchmarks/avx2/README.md (an earlier run, not this one)"),
+}
 TARGET_SPEEDUP = 4.0
+FLOP_FLOOR = "FLOP floor (conv + dense FLOPs at the matmul peak)"
 TARGET_PEAK_FRACTION = 0.5
 
 
@@ -152,25 +167,25 @@ def time_learn2learn(python: Path, warmup: int, repeats: int) -> tuple[float, st
 # ----------------------------------------------------------------------------- report
 
 
-def table(seconds: dict[str, float], work: float, peak: float, peer_s: float | None) -> pd.DataFrame:
-    """One row per variant, measured here and scaled to the published idle run.
+def table(seconds: dict[str, float], work: float, peak: float, peer_s: float | None, idle_run: IdleRun) -> pd.DataFrame:
+    """One row per variant, measured here and scaled to the class's idle run.
 
     A shared machine changes the seconds of everything, and not alike (the 2048 matmul suffers more
     from a competing process than the small ops of the meta-step), so the absolute numbers of a
     busy run are not the machine's. The ratio of each variant to the model, measured interleaved,
-    is robust; `idle_seconds` = that ratio x the model's published time (`PUBLISHED_MODEL_S`, from
-    the same run as learn2learn's time and the peak), and the fraction of peak and the speed-up over
-    learn2learn follow from it. The FLOP floor is the work at the published peak.
+    is robust; `idle_seconds` = that ratio x the model's time in `idle_run` (the same run as
+    learn2learn's time and the peak there), and the fraction of peak and the speed-up over
+    learn2learn follow from it. The FLOP floor is the work at that run's peak.
     """
     model_s = next(iter(seconds.values()))
     rows = []
     for name, s in seconds.items():
         floor = name.startswith("FLOP floor")
-        idle = work / (PUBLISHED_PEAK_GFLOPS * 1e9) if floor else PUBLISHED_MODEL_S * s / model_s
+        idle = work / (idle_run.peak_gflops * 1e9) if floor else idle_run.model_s * s / model_s
         rows.append({"variant": name, "seconds_this_run": s, "ratio_to_model": None if floor else s / model_s,
                      "fraction_of_peak_this_run": work / s / 1e9 / peak,
-                     "idle_seconds": idle, "fraction_of_peak": work / idle / 1e9 / PUBLISHED_PEAK_GFLOPS,
-                     "speedup_vs_learn2learn": PUBLISHED_LEARN2LEARN_S / idle,
+                     "idle_seconds": idle, "fraction_of_peak": work / idle / 1e9 / idle_run.peak_gflops,
+                     "speedup_vs_learn2learn": idle_run.learn2learn_s / idle,
                      "speedup_vs_learn2learn_this_run": peer_s / s if peer_s else None})
     return pd.DataFrame(rows)
 
@@ -197,17 +212,9 @@ def conclusion(frame: pd.DataFrame) -> list[str]:
     ]
 
 
-def to_markdown(frame: pd.DataFrame, machine: dict[str, Any], command: str, peak: dict[str, float],
-                work: float, peer_label: str, notes: list[str]) -> str:
-    shown = frame.copy()
-    for column in ("seconds_this_run", "idle_seconds"):
-        shown[column] = shown[column].map(lambda v: f"{v:.4f}")
-    shown["ratio_to_model"] = shown["ratio_to_model"].map(lambda v: f"{v:.3f}" if pd.notna(v) else "-")
-    for column in ("fraction_of_peak_this_run", "fraction_of_peak"):
-        shown[column] = shown[column].map(lambda v: f"{v:.1%}")
-    for column in ("speedup_vs_learn2learn_this_run", "speedup_vs_learn2learn"):
-        shown[column] = shown[column].map(lambda v: f"{v:.2f}x" if pd.notna(v) else "-")
-    return "\n".join([
+def header(machine: dict[str, Any], command: str, peak: dict[str, float], work: float) -> list[str]:
+    """The command, title, machine and peak paragraphs of floor.md (what `--rescale` keeps)."""
+    return [
         f"`{command}`", "", "# The floor of the Reptile Omniglot 5-way meta-iteration", "",
         f"Machine: {machine['cpu']} (class {machine['cpu_class']}; flags {machine['cpu_flags']}), "
         f"{machine['cores']} cores, TensorFlow {machine['tf_version']}, oneDNN {machine['onednn']}; "
@@ -218,13 +225,29 @@ def to_markdown(frame: pd.DataFrame, machine: dict[str, Any], command: str, peak
         f"{peak['end']:.1f}). Work: "
         f"{work / 1e9:.2f} GFLOP per meta-iteration (conv + dense, `reptile_tf/flops.py`; batch norm not "
         "counted, so every variant is rated on the same work). The matmul is timed in every round with the "
-        "variants, so the fraction of peak is measured under the same load.", "",
-        "The machine was shared (see the load): seconds of a busy run are not the machine's, and the matmul "
+        "variants, so the fraction of peak is measured under the same load.", ""]
+
+
+SCALE_PARAGRAPH = "The machine was shared (see the load)"
+
+
+def to_markdown(frame: pd.DataFrame, head: list[str], idle_run: IdleRun, peer_label: str, notes: list[str]) -> str:
+    shown = frame.copy()
+    for column in ("seconds_this_run", "idle_seconds"):
+        shown[column] = shown[column].map(lambda v: f"{v:.4f}")
+    shown["ratio_to_model"] = shown["ratio_to_model"].map(lambda v: f"{v:.3f}" if pd.notna(v) else "-")
+    for column in ("fraction_of_peak_this_run", "fraction_of_peak"):
+        shown[column] = shown[column].map(lambda v: f"{v:.1%}")
+    for column in ("speedup_vs_learn2learn_this_run", "speedup_vs_learn2learn"):
+        shown[column] = shown[column].map(lambda v: f"{v:.2f}x" if pd.notna(v) else "-")
+    return "\n".join([
+        *head,
+        f"{SCALE_PARAGRAPH}: seconds of a busy run are not the machine's, and the matmul "
         "suffers more from a competing process than the small ops of the meta-step, so `fraction_of_peak_this_run` "
         "flatters every variant. The ratio of each variant to the model (`ratio_to_model`, measured interleaved) "
-        f"is what this run contributes: `idle_seconds` = that ratio x our model's {PUBLISHED_MODEL_S} s in "
-        f"{PUBLISHED_LEARN2LEARN_SOURCE}, the run that measured learn2learn at {PUBLISHED_LEARN2LEARN_S} s and "
-        f"the matmul peak at {PUBLISHED_PEAK_GFLOPS} GFLOP/s; `fraction_of_peak` and `speedup_vs_learn2learn` "
+        f"is what this run contributes: `idle_seconds` = that ratio x our model's {idle_run.model_s} s in "
+        f"{idle_run.source}, the run of this CPU class that measured learn2learn at {idle_run.learn2learn_s} s and "
+        f"the matmul peak at {idle_run.peak_gflops} GFLOP/s; `fraction_of_peak` and `speedup_vs_learn2learn` "
         f"follow from it. `speedup_vs_learn2learn_this_run`: over {peer_label} (PyTorch's OpenMP threads slow "
         "down far more than TensorFlow on a shared machine, so this ratio flatters us when the machine is busy).", "",
         "Method: the whole compiled meta-step (`meta.meta_step` in one `tf.function`, XLA off) at the "
@@ -234,6 +257,43 @@ def to_markdown(frame: pd.DataFrame, machine: dict[str, Any], command: str, peak
         shown.to_markdown(index=False), "", "## Conclusion", "", *notes, ""])
 
 
+def idle_run_of(out: Path) -> IdleRun:
+    """The idle bench run of the class `out` is for (its last part, as `reptile-tf bench --out`)."""
+    try:
+        return IDLE_RUNS[out.name]
+    except KeyError:
+        raise SystemExit(f"floor.py: no idle bench run known for class {out.name!r} (known: {', '.join(IDLE_RUNS)}); "
+                         "run `benchmarks/run_full.sh` on that class idle and add its numbers to IDLE_RUNS") from None
+
+
+def rescale(out: Path) -> str:
+    """floor.md/.csv again from the seconds measured in `out`/floor.csv, with the current `IDLE_RUNS`."""
+    measured = pd.read_csv(out / "floor.csv")
+    old = (out / "floor.md").read_text().splitlines()
+    head = old[:old.index(next(line for line in old if line.startswith(SCALE_PARAGRAPH)))]
+    seconds = dict(zip(measured["variant"], measured["seconds_this_run"]))
+    seconds.pop(FLOP_FLOOR)
+    work, peak = flops.meta_iteration_flops(case_settings(CASE)).matmul, float(measured["matmul_peak_gflops"].iloc[0])
+    seconds[FLOP_FLOOR] = work / (peak * 1e9)
+    peer_s = measured["learn2learn_s_this_run"].iloc[0]
+    peer_s = None if pd.isna(peer_s) else float(peer_s)
+    peer_label = re.search(r"`speedup_vs_learn2learn_this_run`: over (.*?) \(PyTorch's", "\n".join(old)).group(1)
+    return write_outputs(out, seconds, work, peak, peer_s, peer_label, head)
+
+
+def write_outputs(out: Path, seconds: dict[str, float], work: float, peak: float, peer_s: float | None,
+                  peer_label: str, head: list[str]) -> str:
+    idle_run = idle_run_of(out)
+    frame = table(seconds, work, peak, peer_s, idle_run)
+    markdown = to_markdown(frame, head, idle_run, peer_label, conclusion(frame))
+    frame["learn2learn_s_this_run"] = peer_s
+    frame["matmul_peak_gflops"] = peak
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "floor.csv", frame.to_csv(index=False, float_format="%.5f"))
+    write_text_atomic(out / "floor.md", markdown)
+    return markdown
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks") / runtime.cpu_class())
@@ -241,7 +301,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--matmul-repeats", type=int, default=5)
     parser.add_argument("--peer-python", type=Path, default=peers.DEFAULT_PEER_PYTHON)
+    parser.add_argument("--rescale", action="store_true",
+                        help="rewrite <out>/floor.md and floor.csv from the seconds in floor.csv; measure nothing")
     args = parser.parse_args(argv)
+    if args.rescale:
+        print(rescale(args.out))
+        return
+    idle_run_of(args.out)  # fail before measuring
     load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     settings = case_settings(CASE)
     work = flops.meta_iteration_flops(settings).matmul
@@ -256,18 +322,11 @@ def main(argv: list[str] | None = None) -> None:
         peer_label = f"{peer_s:.3f} s, {peer_label}"
     peak_end = measure_matmul_peak(2048, args.matmul_repeats)
     peak = {"start": peak_start, "end": peak_end, "rounds": peak_rounds, "peak": peak_rounds}
-    seconds["FLOP floor (conv + dense FLOPs at the matmul peak)"] = work / (peak["peak"] * 1e9)
-    frame = table(seconds, work, peak["peak"], peer_s)
-    frame["learn2learn_s_this_run"] = peer_s
-    frame["matmul_peak_gflops"] = peak["peak"]
+    seconds[FLOP_FLOOR] = work / (peak["peak"] * 1e9)
     machine = dict(machine_info(), load_average_start=load_start)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
-    markdown = to_markdown(frame.drop(columns=["learn2learn_s_this_run", "matmul_peak_gflops"]), machine, command, peak,
-                           work, peer_label, conclusion(frame))
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out / "floor.csv", frame.to_csv(index=False, float_format="%.5f"))
-    write_text_atomic(args.out / "floor.md", markdown)
-    print(markdown)
+    print(write_outputs(args.out, seconds, work, peak["peak"], peer_s, peer_label,
+                        header(machine, command, peak, work)))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -16,8 +17,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
@@ -277,3 +280,36 @@ def test_peers_measured_in_the_run_set_the_ratios_and_targets(tmp_path):
     ours = float(row["sec_per_meta_iter"])
     target = next(line for line in readme.splitlines() if "5-way Reptile training, speed-up over learn2learn" in line)
     assert f"{1.0 / ours:.3g}x" in target  # learn2learn's 1.0 s / ours, from this run
+
+
+def _load_floor():
+    spec = importlib.util.spec_from_file_location("floor_bench", Path(__file__).resolve().parents[1] / "benchmarks" / "floor.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["floor_bench"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_floor_scales_each_class_to_its_own_idle_run(tmp_path):
+    floor = _load_floor()
+    with pytest.raises(SystemExit, match="no idle bench run known for class 'sparc'"):
+        floor.idle_run_of(tmp_path / "sparc")
+    # A busy run measured on the avx2 class: its model took 0.2 s, a variant half as long.
+    seconds = {"model (conv path grouped)": 0.2, "no batch norm": 0.1, "shared-kernel conv": 0.18,
+               "shared-kernel conv, no batch norm": 0.09}
+    work = 4e9
+    seconds[floor.FLOP_FLOOR] = work / 100e9
+    out = tmp_path / "avx2"
+    head = ["`python benchmarks/floor.py --out x`", "", "# The floor", ""]
+    floor.write_outputs(out, seconds, work, 100.0, 0.5, "0.500 s, learn2learn 0.2.0, measured in this run", head)
+    avx2 = floor.IDLE_RUNS["avx2"]
+    frame = pd.read_csv(out / "floor.csv")
+    assert frame["idle_seconds"].iloc[0] == pytest.approx(avx2.model_s, abs=1e-5)
+    assert frame["idle_seconds"].iloc[1] == pytest.approx(avx2.model_s / 2, abs=1e-5)
+    assert frame["speedup_vs_learn2learn"].iloc[0] == pytest.approx(avx2.learn2learn_s / avx2.model_s, rel=1e-3)
+    assert avx2.source in (out / "floor.md").read_text()
+    # --rescale rebuilds the same files from floor.csv and the kept header, measuring nothing
+    before = (out / "floor.md").read_text()
+    floor.rescale(out)
+    assert (out / "floor.md").read_text().startswith("\n".join(head))
+    assert "learn2learn at 0.315 s" in before and (out / "floor.md").read_text().count("0.500 s, learn2learn") == 1
