@@ -312,6 +312,45 @@ def test_without_grouped_conv_gradient_the_model_falls_back_and_trains(onednn, t
         assert (path, enabled, source) == ("grouped", "True", "reptile-tf")
 
 
+def test_dense_computes_each_task_alike_however_many_tasks_share_the_call():
+    """In a fresh process with oneDNN held to AVX2 (ONEDNN_MAX_CPU_ISA: Zen 3's kernels on any
+    x86-64; the variable is read when oneDNN loads): the head's outputs and derivatives to second
+    order for 15 tasks equal those of the same tasks in three calls of 5, bit for bit. A batched
+    matmul fails this on AVX2 (its kernel gradient), which made seed groups differ from seeds
+    trained alone on Zen 3."""
+    import subprocess
+    import sys
+
+    script = (
+        "import reptile_tf\n"
+        "import numpy as np, tensorflow as tf\n"
+        "from reptile_tf import runtime\n"
+        "from reptile_tf.models import dense\n"
+        "runtime.deterministic_runtime()\n"
+        "rng = np.random.default_rng(0)\n"
+        "x, k, b, up = (tf.constant(rng.standard_normal(s).astype(np.float32))\n"
+        "               for s in ((15, 10, 256), (15, 256, 5), (15, 5), (15, 10, 5)))\n"
+        "@tf.function\n"
+        "def derivatives(x, k, b, up):\n"
+        "    with tf.GradientTape() as outer:\n"
+        "        outer.watch([x, k])\n"
+        "        with tf.GradientTape() as tape:\n"
+        "            tape.watch([x, k, b]); y = dense(x, k, b); loss = tf.reduce_sum(y * up)\n"
+        "        gx, gk, gb = tape.gradient(loss, [x, k, b])\n"
+        "        second = tf.reduce_sum(tf.square(gk)) + tf.reduce_sum(tf.square(gx))\n"
+        "    return [y, gx, gk, gb] + outer.gradient(second, [x, k])\n"
+        "whole = derivatives(x, k, b, up)\n"
+        "parts = [derivatives(x[i:i + 5], k[i:i + 5], b[i:i + 5], up[i:i + 5]) for i in (0, 5, 10)]\n"
+        "for name, w, *p in zip(['y', 'dx', 'dk', 'db', 'd2x', 'd2k'], whole, *parts):\n"
+        "    print(name, np.array_equal(w.numpy(), tf.concat(p, 0).numpy()))\n"
+    )
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert dict(line.split() for line in out.stdout.splitlines()) == dict.fromkeys(
+        ["y", "dx", "dk", "db", "d2x", "d2k"], "True")
+
+
 # ----------------------------------------------------------------------------- Finn's MAML nets
 
 
