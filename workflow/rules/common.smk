@@ -87,32 +87,37 @@ def find_setting(wildcards):
     raise ValueError(f"{wildcards.dataset} {wildcards.ways}-way {wildcards.shots}-shot is not in grid.settings")
 
 
-def budget_value(wildcards, key):
-    """Precedence: setting.per_algorithm, setting, budget.per_algorithm, budget; None = paper."""
+def job_scopes(wildcards):
+    """(config key path, scope) of every place that configures a job, lowest precedence first:
+    budget < budget.per_algorithm < the grid setting < its per_algorithm."""
     setting = find_setting(wildcards)
-    budget = config["budget"]
-    for scope in (
-        (setting.get("per_algorithm") or {}).get(wildcards.algorithm) or {},
-        setting,
-        (budget.get("per_algorithm") or {}).get(wildcards.algorithm) or {},
-        budget,
-    ):
+    index = next(i for i, s in enumerate(SETTINGS) if s is setting)
+    budget, algorithm = config["budget"], wildcards.algorithm
+    return [
+        ("budget", budget),
+        (f"budget.per_algorithm.{algorithm}", (budget.get("per_algorithm") or {}).get(algorithm) or {}),
+        (f"grid.settings.{index}", setting),
+        (f"grid.settings.{index}.per_algorithm.{algorithm}", (setting.get("per_algorithm") or {}).get(algorithm) or {}),
+    ]
+
+
+def value_origin(wildcards, key):
+    """(config key path, value) of the scope whose `key` wins for the job; (None, None) = unset (paper)."""
+    for path, scope in reversed(job_scopes(wildcards)):
         if scope.get(key) is not None:
-            return scope[key]
-    return None
+            return f"{path}.{key}", scope[key]
+    return None, None
+
+
+def budget_value(wildcards, key):
+    """The job's `key` (iterations, eval_tasks, train_as...) by `job_scopes` precedence; None = paper."""
+    return value_origin(wildcards, key)[1]
 
 
 def merged_overrides(wildcards):
-    """Settings overrides: budget < budget.per_algorithm < setting < setting.per_algorithm."""
-    setting = find_setting(wildcards)
-    budget = config["budget"]
+    """Settings overrides, merged in `job_scopes` precedence."""
     merged = {}
-    for scope in (
-        budget,
-        (budget.get("per_algorithm") or {}).get(wildcards.algorithm) or {},
-        setting,
-        (setting.get("per_algorithm") or {}).get(wildcards.algorithm) or {},
-    ):
+    for _, scope in job_scopes(wildcards):
         merged.update(scope.get("overrides") or {})
     return merged
 
@@ -308,31 +313,7 @@ def override_scopes():
 
 def override_origins(job):
     """field -> config key path of the override that wins for `job` (merged_overrides' precedence)."""
-    index = next(i for i, s in enumerate(SETTINGS) if s is find_setting(job))
-    budget = config["budget"]
-    origins = {}
-    for path, scope in (
-        ("budget", budget),
-        (f"budget.per_algorithm.{job.algorithm}", (budget.get("per_algorithm") or {}).get(job.algorithm) or {}),
-        (f"grid.settings.{index}", SETTINGS[index]),
-        (f"grid.settings.{index}.per_algorithm.{job.algorithm}",
-         (SETTINGS[index].get("per_algorithm") or {}).get(job.algorithm) or {}),
-    ):
-        for key in scope.get("overrides") or {}:
-            origins[key] = f"{path}.overrides.{key}"
-    return origins
-
-
-def train_as_origin(job, index):
-    """The config key that sets the job's `train_as` (only a per_algorithm scope may)."""
-    for path, scope in (
-        (f"grid.settings.{index}.per_algorithm.{job.algorithm}",
-         (SETTINGS[index].get("per_algorithm") or {}).get(job.algorithm) or {}),
-        (f"budget.per_algorithm.{job.algorithm}", (config["budget"].get("per_algorithm") or {}).get(job.algorithm) or {}),
-    ):
-        if scope.get("train_as") is not None:
-            return f"{path}.train_as"
-    return f"grid.settings.{index}"
+    return {key: f"{path}.overrides.{key}" for path, scope in job_scopes(job) for key in scope.get("overrides") or {}}
 
 
 def config_error(key, message):
@@ -368,11 +349,6 @@ def check_overrides():
                 table.override_value(key, value)
             except UserError as err:
                 raise config_error(f"{path}.overrides.{key}", str(err)) from None
-    for path, scope in override_scopes():
-        recipe = scope.get("train_as")
-        if recipe is not None and recipe not in table.RECIPES:
-            raise config_error(f"{path}.train_as", f"unknown recipe {recipe!r}; known: " + "; ".join(
-                f"{name} ({r.what})" for name, r in table.RECIPES.items()))
     for job in grid_jobs():
         job = SimpleNamespace(**job)
         label = f"{job.dataset} {job.ways}-way {job.shots}-shot {job.algorithm}"
@@ -383,7 +359,7 @@ def check_overrides():
             raise config_error(f"grid.settings.{index}", str(err)) from None
         method = table.table_method(settings.algorithm, settings.first_order)
         if method != job.algorithm:  # its results would report in another row of the tables
-            raise config_error(train_as_origin(job, index),
+            raise config_error(value_origin(job, "train_as")[0] or f"grid.settings.{index}",
                                f"{job.algorithm} trained as {settings.algorithm} (first_order={settings.first_order}) "
                                f"reports in the {method} row of the tables, not the {job.algorithm} row (job {label})")
         problems = settings.problems()
