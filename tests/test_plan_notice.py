@@ -73,24 +73,27 @@ def test_only_jobs_whose_outputs_are_missing_count(tmp_path):
     workdir = copy_workflow(tmp_path)
     config = ["--configfile", "workflow/config/paper_cpu.yaml"]
     notice = dry_run(workdir, *config).stderr
-    assert "preset 'paper_cpu' is a large plan" in notice and "train       6 of   6 job(s) to run" in notice
+    assert "preset 'paper_cpu' is a large plan" in notice and "train       8 of   8 job(s) to run" in notice
     assert "PRESET=paper_cpu" not in notice  # not offered as the smaller preset of itself
     runs = workdir / "results/paper_cpu/runs/paper_cpu"
+    # seed 0 of every cell, and seeds 1 and 2 of Reptile 1-shot (its extra_seeds)
+    seeds = {("omniglot_5w1s", "reptile"): (0, 1, 2)}
     for setting in ("omniglot_5w1s", "omniglot_5w5s"):
         for algorithm in ("reptile", "fomaml", "maml"):
-            run = runs / setting / algorithm / "seed0"
-            run.mkdir(parents=True)
-            (run / "eval.json").write_text("{}")
-            if (setting, algorithm) != ("omniglot_5w1s", "reptile"):
-                (run / "DONE").write_text("1")
+            for seed in seeds.get((setting, algorithm), (0,)):
+                run = runs / setting / algorithm / f"seed{seed}"
+                run.mkdir(parents=True)
+                (run / "eval.json").write_text("{}")
+                if (setting, algorithm, seed) != ("omniglot_5w1s", "reptile", 0):
+                    (run / "DONE").write_text("1")
     # one training job left, 1.3 h: below the threshold
     assert NOTICE not in dry_run(workdir, *config).stderr
     # ... and above a lower one; a checkpoint at 80% leaves a fifth of it
     notice = dry_run(workdir, *config, "--config", "plan_notice=1").stderr
     reptile = paper_settings("reptile", "omniglot", 5, 1)
     hours = (cost.JOB_STARTUP_S + reptile.iterations * cost.seconds_per_iteration(reptile)) / 3600
-    assert f"train       1 of   6 job(s) to run: ~{cost.format_hours(hours)}" in notice
-    assert "evaluate    0 of   6 job(s) to run: done" in notice
+    assert f"train       1 of   8 job(s) to run: ~{cost.format_hours(hours)}" in notice
+    assert "evaluate    0 of   8 job(s) to run: done" in notice
     checkpoints = runs / "omniglot_5w1s/reptile/seed0/checkpoints"
     checkpoints.mkdir()
     (checkpoints / "ckpt-80000.index").write_text("")  # as the CheckpointManager leaves it: files, then state

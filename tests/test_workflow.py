@@ -54,16 +54,26 @@ def test_every_preset_plans(workdir, preset):
     out = result.stdout + result.stderr
     config = {**yaml.safe_load((ROOT / "workflow/config/config.yaml").read_text()),
               **yaml.safe_load((ROOT / "workflow/config" / preset).read_text())}
-    settings = config["grid"]["settings"]
+    settings, algorithms = config["grid"]["settings"], config["grid"]["algorithms"]
     seeds = len(config["grid"]["seeds"])
-    jobs = len(settings) * len(config["grid"]["algorithms"]) * seeds
-    # seed groups (train.seed_groups; the presets: reptile): one training job for all seeds
+    extras = sum(len(_extra_seeds(config, s, a)) for s in settings for a in algorithms)
+    jobs = len(settings) * len(algorithms) * seeds + extras
+    # seed groups (train.seed_groups; the presets: reptile): one training job for all grid seeds
     seed_groups = config.get("train", {}).get("seed_groups", ["reptile", "fomaml"])
-    grouped = [a for a in config["grid"]["algorithms"] if a in seed_groups] if seeds > 1 else []
+    grouped = [a for a in algorithms if a in seed_groups] if seeds > 1 else []
     groups = len(settings) * len(grouped)
     assert _job_count(out, "train") + seeds * groups == jobs and _job_count(out, "train_seed_group") == groups
     assert _job_count(out, "evaluate") == jobs
     assert _job_count(out, "tables") == 1 and _job_count(out, "track_init") == 1
+
+
+def _extra_seeds(config: dict, setting: dict, algorithm: str) -> set[int]:
+    """The seeds a (setting, algorithm) trains beyond grid.seeds: the most specific scope's
+    `extra_seeds` (setting.per_algorithm, then the setting, then budget.per_algorithm)."""
+    scopes = [(setting.get("per_algorithm") or {}).get(algorithm) or {}, setting,
+              (config.get("budget", {}).get("per_algorithm") or {}).get(algorithm) or {}]
+    extra = next((scope["extra_seeds"] for scope in scopes if "extra_seeds" in scope), [])
+    return set(extra) - set(config["grid"]["seeds"])
 
 
 def _job_count(out: str, rule: str) -> int:
@@ -397,3 +407,31 @@ def test_seed_groups_train_reptile_and_fomaml_seeds_in_one_job_and_maml_alone(tm
     assert planned.returncode == 0, planned.stderr[-3000:]
     out = planned.stdout + planned.stderr
     assert _job_count(out, "train") == 6 and _job_count(out, "train_seed_group") == 0
+
+
+def test_extra_seeds_of_one_cell_train_one_by_one_and_never_rerun_its_group(tmp_path):
+    workdir, env = stub_workflow(tmp_path)
+    setting = {"dataset": "omniglot", "ways": 5, "shots": 1}
+
+    def layered(name: str, extra_seeds: list[int]) -> list[str]:
+        cell = dict(setting, per_algorithm={"reptile": {"extra_seeds": extra_seeds}})
+        return ["--configfile", "workflow/config/smoke.yaml",
+                overrides_file(tmp_path, name, {"grid": {"seeds": [0, 1], "settings": [cell]},
+                                                "train": {"seed_groups": ["reptile", "fomaml"]}})]
+
+    result = snakemake(workdir, *layered("extra.yaml", [2, 1]), env=env)  # 1 is a grid seed already
+    assert result.returncode == 0, result.stderr[-4000:]
+    trains = [c for c in (workdir / "calls.log").read_text().splitlines() if c.startswith("train")]
+    reptile = [c for c in trains if "--algorithm reptile " in c]
+    assert len(trains) == 5 and len(reptile) == 2  # groups: reptile, fomaml; alone: reptile 2, maml 0 and 1
+    assert any("--seeds 0,1 " in c for c in reptile) and any("--seed 2 --out runs/smoke/omniglot_5w1s/reptile/seed2" in c
+                                                            for c in reptile)
+    assert len(list((workdir / "runs/smoke").rglob("eval.json"))) == 7
+    assert (workdir / "runs/smoke/omniglot_5w1s/fomaml/seed2").exists() is False
+
+    # One more seed later: only it trains; the finished group and seed 2 stay as they are.
+    (workdir / "calls.log").write_text("")
+    result = snakemake(workdir, *layered("more.yaml", [2, 3]), env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    trains = [c for c in (workdir / "calls.log").read_text().splitlines() if c.startswith("train")]
+    assert len(trains) == 1 and "--seed 3 --out runs/smoke/omniglot_5w1s/reptile/seed3" in trains[0], trains

@@ -110,7 +110,8 @@ def value_origin(wildcards, key):
 
 
 def budget_value(wildcards, key):
-    """The job's `key` (iterations, eval_tasks, train_as...) by `job_scopes` precedence; None = paper."""
+    """The job's `key` (iterations, eval_tasks, train_as, extra_seeds...) by `job_scopes` precedence;
+    None = unset (the paper's budget, the algorithm's own recipe, no extra seeds)."""
     return value_origin(wildcards, key)[1]
 
 
@@ -251,14 +252,20 @@ def prepare_flags(wildcards):
     return ""
 
 
+def job_seeds(wildcards):
+    """The seeds of a (setting, algorithm): grid.seeds, then its `extra_seeds` (`job_scopes`
+    precedence). Seed groups (train_seed_group) cover grid.seeds only, so extra seeds train one
+    by one in rule train, and a seed added later never reruns a finished group."""
+    extra = budget_value(wildcards, "extra_seeds") or []
+    return SEEDS + [seed for seed in extra if seed not in SEEDS]
+
+
 def grid_jobs():
     """(dataset, ways, shots, algorithm, seed) for every training job in the grid."""
-    return [
-        dict(dataset=s["dataset"], ways=s["ways"], shots=s["shots"], algorithm=a, seed=seed)
-        for s in SETTINGS
-        for a in ALGORITHMS
-        for seed in SEEDS
-    ]
+    from types import SimpleNamespace
+
+    cells = [dict(dataset=s["dataset"], ways=s["ways"], shots=s["shots"], algorithm=a) for s in SETTINGS for a in ALGORITHMS]
+    return [dict(cell, seed=seed) for cell in cells for seed in job_seeds(SimpleNamespace(**cell))]
 
 
 def run_files(name):
@@ -387,8 +394,8 @@ SMALLER_PRESETS = {
     "quick": (1.0, "`make reproduce` (= --configfile workflow/config/quick.yaml; the full grid at small "
                    "budgets, about 1 h on 2 cores: results/quick/README.md)"),
     "smoke": (0.1, "--configfile workflow/config/smoke.yaml (one setting, tiny budgets: minutes)"),
-    "paper_cpu": (21.0, "`make reproduce PRESET=paper_cpu` (Omniglot 5-way at the papers' budgets, 1 seed: "
-                        "about 21 h projected)"),
+    "paper_cpu": (25.0, "`make reproduce PRESET=paper_cpu` (Omniglot 5-way at the papers' budgets, seed 0, "
+                        "3 seeds of Reptile 1-shot: about 25 h projected)"),
 }
 
 
