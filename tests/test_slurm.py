@@ -12,6 +12,9 @@ profile, the preset and three output paths; then:
   cluster keeps finished jobs for MinJobAge = 1 h, there is no accounting database);
 - its table equals, number for number, the table of the same preset run locally (through
   `workflow/profiles/default`) in the same test: CPU runs are deterministic on one machine.
+  `REPTILE_TF_SMOKE_RUN=.cache/smoke` compares with the local run `make smoke` made instead (CI
+  runs `make smoke-check` first and passes it, saving one smoke run; both under one
+  REPTILE_TF_AUTOTUNE_CACHE, so that they take the same conv paths).
 
 Never skipped: without root or without a package mirror to install SLURM from, the test fails
 and says why. About 8 minutes on an idle 2-core machine (two smoke runs; one fetch + prepare of
@@ -139,6 +142,18 @@ def snakemake(profile: str, out: Path, log: Path) -> str:
     return text
 
 
+def local_smoke_run() -> Path | None:
+    """The local smoke run named by REPTILE_TF_SMOKE_RUN (its table checked present), else None."""
+    given = os.environ.get("REPTILE_TF_SMOKE_RUN")
+    if not given:
+        return None
+    root = Path(given).resolve()
+    if not (root / "results" / f"{TABLE}.csv").is_file():
+        pytest.fail(f"REPTILE_TF_SMOKE_RUN={given} holds no results/{TABLE}.csv: point it at the output of "
+                    "`make smoke` (.cache/smoke), or unset it to run the local smoke pipeline here")
+    return root
+
+
 def declared_jobs(output: str) -> dict[str, dict]:
     """Snakemake's own account of each job it ran: {jobid: rule, local, threads, resources}."""
     jobs = {}
@@ -251,6 +266,7 @@ def test_paper_preset_training_job_asks_sbatch_for_its_gpu_cpus_memory_and_time(
 
 @pytest.mark.slow
 def test_smoke_preset_runs_as_slurm_jobs_and_matches_a_local_run(slurm_cluster, tmp_path):
+    local_run = local_smoke_run()  # checked before the cluster run: a wrong path fails in seconds
     started = time.monotonic()
     output = snakemake("workflow/profiles/slurm", tmp_path / "slurm", tmp_path / "slurm-run.log")
     slurm_minutes = (time.monotonic() - started) / 60
@@ -287,22 +303,30 @@ def test_smoke_preset_runs_as_slurm_jobs_and_matches_a_local_run(slurm_cluster, 
             assert (job["threads"], int(job["resources"]["mem_mb"]), int(job["resources"]["runtime"])) == \
                 (spec["threads"], spec["mem_mb"], spec["runtime"]), job
 
-    # The same preset locally: the same numbers, to the last digit.
+    # The same preset locally: the same numbers, to the last digit. CI has just made that run
+    # (`make smoke` writes .cache/smoke, laid out as `snakemake` below does) and passes it in
+    # REPTILE_TF_SMOKE_RUN instead of paying for it twice.
     started = time.monotonic()
-    snakemake("workflow/profiles/default", tmp_path / "local", tmp_path / "local-run.log")
+    if local_run is None:
+        local_run = tmp_path / "local"
+        snakemake("workflow/profiles/default", local_run, tmp_path / "local-run.log")
     local_minutes = (time.monotonic() - started) / 60
     # The conv path of each run, as its config.json records it: the SLURM jobs started together on an
     # empty autotune cache, the local ones read it. Before the cache was locked two jobs could time
     # one shape and pick two paths (other rounding: CI once saw the FOMAML cell move by 0.1).
-    paths = {side: {str(c.relative_to(tmp_path / side)): json.loads(c.read_text())["environment"].get("conv_path")
-                    for c in sorted((tmp_path / side / "runs").rglob("config.json"))} for side in ("slurm", "local")}
-    assert paths["slurm"] == paths["local"] and paths["slurm"], paths
+    roots = {"slurm": tmp_path / "slurm", "local": local_run}
+    paths = {side: {str(c.relative_to(root)): json.loads(c.read_text())["environment"].get("conv_path")
+                    for c in sorted((root / "runs").rglob("config.json"))} for side, root in roots.items()}
+    assert paths["slurm"] == paths["local"] and paths["slurm"], (
+        f"{paths}: the local run took other conv paths"
+        + (" (REPTILE_TF_SMOKE_RUN: make it with this session's REPTILE_TF_AUTOTUNE_CACHE, as .ci/run does)"
+           if os.environ.get("REPTILE_TF_SMOKE_RUN") else ""))
     slurm_table = tmp_path / "slurm" / "results" / f"{TABLE}.csv"
-    local_table = tmp_path / "local" / "results" / f"{TABLE}.csv"
+    local_table = local_run / "results" / f"{TABLE}.csv"
     diff = subprocess.run([str(Path(sys.executable).parent / "reptile-tf"), "tables", "diff", str(local_table),
                            str(slurm_table), "--tolerance", "0"], capture_output=True, text=True, env=clean_env(),
                           timeout=300)
     assert diff.returncode == 0 and "SAME" in diff.stdout, diff.stdout + diff.stderr
     tasks = f"{TABLE}_tasks.csv"
-    assert (tmp_path / "slurm" / "results" / tasks).read_bytes() == (tmp_path / "local" / "results" / tasks).read_bytes()
+    assert (tmp_path / "slurm" / "results" / tasks).read_bytes() == (local_run / "results" / tasks).read_bytes()
     print(f"smoke preset: {slurm_minutes:.1f} min on SLURM ({len(submitted)} jobs), {local_minutes:.1f} min locally")
