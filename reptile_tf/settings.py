@@ -454,17 +454,19 @@ def _reptile(dataset: str, ways: int, shots: int) -> dict:
 
 
 def _maml(dataset: str, ways: int, shots: int) -> dict:
+    # Queries per class as Finn's main.py builds its DataGenerator (docs/reference.md): Omniglot K
+    # support + K query images in training and test; Mini-ImageNet trains with 15 queries and tests
+    # with K. They set the outer loss's batch and the transductive batch-norm statistics.
     common = dict(inner_optimizer="sgd", outer_lr=0.001, outer_optimizer="adam", iterations=60_000,
-                  inner_batch=0, train_shots=shots, eval_tasks=600, source=_MAML_SRC)
+                  inner_batch=0, train_shots=shots, eval_tasks=600, eval_queries=shots, eval_inner_batch=0,
+                  source=_MAML_SRC)
     if dataset == "omniglot" and ways == 5:
-        return dict(common, inner_steps=1, eval_inner_steps=3, inner_lr=0.4, meta_batch=32,
-                    queries=1, eval_queries=1, eval_inner_batch=0)
+        return dict(common, inner_steps=1, eval_inner_steps=3, inner_lr=0.4, meta_batch=32, queries=shots)
     if dataset == "omniglot" and ways == 20:
-        return dict(common, inner_steps=5, eval_inner_steps=5, inner_lr=0.1, meta_batch=16,
-                    queries=1, eval_queries=1, eval_inner_batch=0)
+        return dict(common, inner_steps=5, eval_inner_steps=5, inner_lr=0.1, meta_batch=16, queries=shots)
     if dataset == "mini_imagenet" and ways == 5:
         return dict(common, inner_steps=5, eval_inner_steps=10, inner_lr=0.01,
-                    meta_batch=4 if shots == 1 else 2, queries=15, eval_queries=15, eval_inner_batch=0)
+                    meta_batch=4 if shots == 1 else 2, queries=15)
     raise KeyError
 
 

@@ -141,6 +141,18 @@ def test_fomaml_tail_takes_its_shots_out_of_the_training_shots():
         fomaml.replace(train_shots=5).training_task_shape
 
 
+@pytest.mark.parametrize("dataset, ways, shots, train, test", [
+    ("omniglot", 5, 1, 1, 1), ("omniglot", 5, 5, 5, 5), ("omniglot", 20, 1, 1, 1), ("omniglot", 20, 5, 5, 5),
+    ("mini_imagenet", 5, 1, 15, 1), ("mini_imagenet", 5, 5, 15, 5)])
+def test_maml_queries_per_class_are_finns(dataset, ways, shots, train, test):
+    """Finn's main.py (docs/reference.md): Omniglot K support + K query images per class in training
+    and test; Mini-ImageNet 15 queries in training, K at test."""
+    settings = paper_settings("maml", dataset, ways, shots)
+    assert (settings.queries, settings.eval_queries) == (train, test)
+    assert settings.training_task_shape == (shots, train)
+    assert settings.problems() == []
+
+
 @pytest.mark.parametrize("dataset, ways, shots, classifier, metric, outputs, synthetic", [
     ("omniglot", 20, 1, True, "accuracy", 20, False),
     ("mini_imagenet", 5, 5, True, "accuracy", 5, False),

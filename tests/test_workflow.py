@@ -219,6 +219,21 @@ def test_paper_presets_train_with_the_official_code_semantics(workdir, preset, o
         assert ("--data-dir data/tfds_nearest " in line) == official, line
 
 
+def test_quick_preset_keeps_the_maml_queries_its_results_were_made_with(workdir):
+    """The paper presets take Finn's queries per class from the Settings table (test_settings); quick
+    pins the ones its committed cells were trained and scored with: 1 on Omniglot, 15 on Mini-ImageNet."""
+    result = snakemake(workdir, "-n", "-p", "--forceall", "--configfile", "workflow/config/quick.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    train = [line for line in (result.stdout + result.stderr).splitlines()
+             if "reptile-tf train" in line and "--algorithm maml" in line]
+    assert len(train) == 6
+    for line in train:
+        dataset, shots = line.split("--dataset ")[1].split()[0], int(line.split("--shots ")[1].split()[0])
+        queries = {"omniglot": "--eval-queries 1 ", "mini_imagenet": "--eval-queries 15 "}[dataset]
+        assert (queries in line + " ") == (dataset == "mini_imagenet" or shots > 1), line
+        assert ("--queries 1 " in line + " ") == (dataset == "omniglot" and shots > 1), line
+
+
 def test_override_check_and_cli_accept_the_same_values():
     """Both come from the Settings table: for every flag and a spread of YAML values, the workflow
     check accepts exactly what `reptile-tf train --flag VALUE` parses (finite numbers only)."""
