@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Commit the progress of long training runs (run directories under results/<preset>/runs/) so
 # that a fresh clone on any machine resumes them: each run's small files and its latest
-# checkpoint. Commits only when every run's `checkpoints/checkpoint` names files that exist
-# (a save in progress is skipped and picked up by the next snapshot).
+# checkpoint, and the checkpointed curves of the section 6.2 experiment (theory_combinations/).
+# Commits only when every run's `checkpoints/checkpoint` names files that exist (a save in
+# progress is skipped and picked up by the next snapshot).
 #   benchmarks/snapshot_runs.sh results/paper_cpu/runs "paper_cpu: progress"
 set -euo pipefail
 root=${1:?usage: snapshot_runs.sh RUNS_DIR [MESSAGE]}
@@ -23,7 +24,8 @@ for index in $(find "$root" -path '*/checkpoints/checkpoint'); do
         case "$(basename "$file")" in "$latest".*) ;; *) git rm -q --cached --ignore-unmatch "$file" ;; esac
     done
 done
-git add -- $(find "$root" -type f ! -path '*/checkpoints/ckpt-*') $(find "$root" -type f -path '*/checkpoints/ckpt-*' | while read -r f; do
+# hidden files: an atomic write's temporary file (reptile_tf.io.atomic_path), never committed
+git add -- $(find "$root" -type f ! -name '.*' ! -path '*/checkpoints/ckpt-*') $(find "$root" -type f -path '*/checkpoints/ckpt-*' | while read -r f; do
     dir=$(dirname "$f"); latest=$(latest_checkpoint "$(dirname "$dir")")
     case "$(basename "$f")" in "$latest".*) echo "$f" ;; esac; done)
 git commit -q -m "$message" -- "$root" && git log --oneline -1

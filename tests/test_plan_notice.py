@@ -74,6 +74,7 @@ def test_only_jobs_whose_outputs_are_missing_count(tmp_path):
     config = ["--configfile", "workflow/config/paper_cpu.yaml"]
     notice = dry_run(workdir, *config).stderr
     assert "preset 'paper_cpu' is a large plan" in notice and "train       8 of   8 job(s) to run" in notice
+    assert "theory      1 of   1 job(s) to run: ~5.0 h" in notice
     assert "PRESET=paper_cpu" not in notice  # not offered as the smaller preset of itself
     runs = workdir / "results/paper_cpu/runs/paper_cpu"
     # seed 0 of every cell, and seeds 1 and 2 of Reptile 1-shot (its extra_seeds)
@@ -86,6 +87,7 @@ def test_only_jobs_whose_outputs_are_missing_count(tmp_path):
                 (run / "eval.json").write_text("{}")
                 if (setting, algorithm, seed) != ("omniglot_5w1s", "reptile", 0):
                     (run / "DONE").write_text("1")
+    (workdir / "results/paper_cpu/theory").mkdir(parents=True)  # the section 6.2 experiment, done
     # one training job left, 1.3 h: below the threshold
     assert NOTICE not in dry_run(workdir, *config).stderr
     # ... and above a lower one; a checkpoint at 80% leaves a fifth of it

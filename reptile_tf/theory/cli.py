@@ -1,7 +1,9 @@
 """`reptile-tf theory`: numerical checks of the Reptile paper's theory (sections 5 and 6.2).
 
 Writes into --out (default results/theory/): taylor.csv, taylor_residuals.csv,
-coefficients.csv, manifold.csv, gradient_combinations.csv, PNG plots and README.md.
+coefficients.csv, manifold.csv, gradient_combinations.csv, PNG plots and README.md. The
+gradient-combination curves checkpoint into --state while they train (hours at the paper budget):
+rerunning the same command resumes them; a finished run removes the state.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -39,6 +42,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     parser.add_argument("--parts", default=",".join(PARTS), metavar="PARTS",
                         help=f"comma-separated subset of {','.join(PARTS)} (default: all)")
+    parser.add_argument("--state", default=None, metavar="DIR",
+                        help="where the gradient-combination curves checkpoint while they train, so that a rerun "
+                             "of the same command resumes them; removed when the run finishes "
+                             "(default: <out>/combinations_state)")
     parser.add_argument("--synthetic-only", action="store_true",
                         help="skip everything that needs Omniglot (the real-network Taylor rows and the "
                              "gradient-combination curves)")
@@ -61,6 +68,10 @@ def command_line(args: argparse.Namespace) -> str:
     if args.synthetic_only:
         words.append("--synthetic-only")
     return " ".join(words)
+
+
+def state_dir(args: argparse.Namespace) -> Path:
+    return Path(args.state) if args.state else Path(args.out) / "combinations_state"
 
 
 def _load_omniglot(data_dir: str, split: str):
@@ -99,9 +110,10 @@ def run_manifold(budget: Budget, seed: int) -> list[dict]:
     return manifold_rows(tasks, list(budget.manifold_ks), stable_lr(tasks), budget.manifold_iterations)
 
 
-def run_combinations(budget: Budget, seed: int, data_dir: str) -> list[dict]:
+def run_combinations(budget: Budget, seed: int, data_dir: str, state: Path) -> list[dict]:
     cfg = dataclasses.replace(budget.combinations, seed=seed)
-    return combinations.run_combinations(_load_omniglot(data_dir, "train"), _load_omniglot(data_dir, "test"), cfg)
+    return combinations.run_combinations(_load_omniglot(data_dir, "train"), _load_omniglot(data_dir, "test"), cfg,
+                                         state)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -116,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
         "taylor": lambda: run_taylor(budget, args.seed, data_dir),
         "coefficients": lambda: run_coefficients(budget, args.seed),
         "manifold": lambda: run_manifold(budget, args.seed),
-        "combinations": lambda: run_combinations(budget, args.seed, data_dir),
+        "combinations": lambda: run_combinations(budget, args.seed, data_dir, state_dir(args)),
     }
     for part in parts:
         if part == "combinations" and data_dir is None:
@@ -127,5 +139,7 @@ def main(args: argparse.Namespace) -> int:
         timings[part] = time.perf_counter() - t0
         print(f"reptile-tf theory: {part} done in {timings[part]:.0f} s", flush=True)
     report.write_all(out, results, timings, command_line(args), time.perf_counter() - started, budget)
+    # Finished: the curves are in gradient_combinations.csv; a later run measures anew.
+    shutil.rmtree(state_dir(args), ignore_errors=True)
     print(f"reptile-tf theory: wrote {out}/README.md ({time.perf_counter() - started:.0f} s)")
     return 0

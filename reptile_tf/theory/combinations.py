@@ -9,18 +9,27 @@ mean_i g_i, as phi <- phi - outer_lr * combination; by default outer_lr = the in
 weights, i.e. Reptile with outer step 1). Accuracy on fixed held-out test tasks is
 recorded along the way. The per-step gradients come from the shared inner loop
 (`reptile_tf.meta.inner_loop`).
+
+At the paper's budget the ten curves take hours, so each checkpoints into a state directory at
+every evaluation (`write_curve`: its rows so far and, until it finishes, its weights) and a rerun
+resumes where it stopped. The task stream depends on the iteration only, so a resumed curve is the
+curve an uninterrupted run draws (tests/theory/test_theory_combinations.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from reptile_tf.data.episodes import make_eval_episodes, sample_tasks
 from reptile_tf.errors import UserError
+from reptile_tf.io import atomic_path, read_json, write_json_atomic
 from reptile_tf.meta import InnerConfig, adapt, inner_loop, make_inner_batches, predict
 from reptile_tf.models import Model, broadcast_params, get_model
 from reptile_tf.settings import Settings, paper_settings
@@ -111,22 +120,94 @@ def make_evaluate(model: Model, eval_batch: dict, cfg: CombinationConfig):
     return evaluate
 
 
-def train_curve(model, train_step, evaluate, combination: str, k: int, cfg: CombinationConfig) -> list[dict]:
-    """Train one (combination, k) from the common initialisation; rows of held-out accuracy vs iteration."""
+# ------------------------------------------------------------------ the state of an unfinished run
+
+STATE_CONFIG = "settings.json"  # not config.json: the state may sit among run directories (rundir.find_runs)
+
+
+def state_config(cfg: CombinationConfig, train_shape, test_shape) -> dict:
+    """What a state directory's curves were made with: a rerun resumes them only if it matches."""
+    return {"config": dataclasses.asdict(cfg) | {"ks": list(cfg.ks)},
+            "train_shape": [int(d) for d in train_shape], "test_shape": [int(d) for d in test_shape]}
+
+
+def open_state(state_dir: Path, expected: dict) -> None:
+    """Create `state_dir` for these curves, or check that the curves in it were made the same way."""
+    path = Path(state_dir) / STATE_CONFIG
+    if not path.exists():
+        write_json_atomic(path, expected)
+        return
+    found = read_json(path)
+    if found != expected:
+        keys = sorted({*found.get("config", {}), *expected["config"]})
+        differing = [f"config.{key}" for key in keys if found.get("config", {}).get(key) != expected["config"].get(key)]
+        differing += [key for key in ("train_shape", "test_shape") if found.get(key) != expected[key]]
+        raise UserError(f"{state_dir} holds gradient-combination curves made with other settings "
+                        f"(differing: {', '.join(differing) or 'the file format'}); pass another --state "
+                        "directory, or delete this one to start the curves over")
+
+
+def _curve_files(state_dir: Path, combination: str, k: int) -> tuple[Path, Path]:
+    """(finished curve's rows, unfinished curve's checkpoint)."""
+    return Path(state_dir) / f"{combination}_k{k}.json", Path(state_dir) / f"{combination}_k{k}.npz"
+
+
+def write_curve(state_dir: Path, combination: str, k: int, rows: list[dict], params: dict | None) -> None:
+    """Checkpoint one curve in one atomic file: its rows and its weights at the last row's
+    iteration; once finished (`params` None), its rows alone, and the checkpoint goes."""
+    finished_file, checkpoint_file = _curve_files(state_dir, combination, k)
+    if params is None:
+        write_json_atomic(finished_file, {"rows": rows})
+        checkpoint_file.unlink(missing_ok=True)
+        return
+    names = sorted(params)
+    with atomic_path(checkpoint_file, ".npz") as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, rows=np.array(json.dumps(rows)), names=np.array(names),
+                 **{f"param{i}": params[name].numpy() for i, name in enumerate(names)})
+
+
+def read_curve(state_dir: Path, combination: str, k: int) -> tuple[list[dict], dict | None, bool]:
+    """(rows, weights at the last row's iteration, finished) of a checkpointed curve; ([], None,
+    False) when there is none."""
+    finished_file, checkpoint_file = _curve_files(state_dir, combination, k)
+    if finished_file.exists():
+        return read_json(finished_file)["rows"], None, True
+    if not checkpoint_file.exists():
+        return [], None, False
+    with np.load(checkpoint_file) as saved:
+        names = [str(name) for name in saved["names"]]
+        params = {name: tf.constant(saved[f"param{i}"]) for i, name in enumerate(names)}
+        return json.loads(str(saved["rows"])), params, False
+
+
+def train_curve(model, train_step, evaluate, combination: str, k: int, cfg: CombinationConfig,
+                state_dir: Path | None = None) -> list[dict]:
+    """Train one (combination, k) from the common initialisation; rows of held-out accuracy vs
+    iteration. With `state_dir`, checkpoint at every evaluation and resume a checkpointed curve."""
     weights = tf.constant(combination_weights(combination, k), tf.float32)
-    params = model.init(cfg.seed)
-    rows, started = [], time.perf_counter()
-    for step in range(cfg.iterations + 1):
-        if step % cfg.eval_every == 0 or step == cfg.iterations:
+    rows, params, finished = read_curve(state_dir, combination, k) if state_dir else ([], None, False)
+    if finished:
+        return rows
+    if params is None:
+        rows, params = [], model.init(cfg.seed)
+    first = rows[-1]["iteration"] if rows else 0
+    started = time.perf_counter() - (rows[-1]["wall_time"] if rows else 0.0)
+    for step in range(first, cfg.iterations + 1):
+        if (step % cfg.eval_every == 0 or step == cfg.iterations) and not (rows and rows[-1]["iteration"] == step):
             rows.append({"combination": combination, "k": k, "iteration": step,
                          "accuracy": float(evaluate(params)), "wall_time": time.perf_counter() - started})
+            if state_dir:
+                write_curve(state_dir, combination, k, rows, params if step < cfg.iterations else None)
         if step < cfg.iterations:
             params = train_step(params, tf.constant(step, tf.int64), weights)
     return rows
 
 
-def run_combinations(train_images, test_images, cfg: CombinationConfig) -> list[dict]:
-    """All learning curves; rows: combination, k, label, iteration, accuracy (held-out, %), wall_time."""
+def run_combinations(train_images, test_images, cfg: CombinationConfig, state_dir: Path | None = None) -> list[dict]:
+    """All learning curves; rows: combination, k, label, iteration, accuracy (held-out, %), wall_time.
+    With `state_dir`, every curve checkpoints there and a rerun resumes the unfinished ones."""
+    if state_dir:
+        open_state(Path(state_dir), state_config(cfg, train_images.shape, test_images.shape))
     model = get_model("omniglot", cfg.ways)
     episodes = make_eval_episodes(int(test_images.shape[0]), int(test_images.shape[1]), cfg.ways, cfg.shots,
                                   cfg.eval_queries, cfg.seed, cfg.eval_tasks, name="omniglot/test")
@@ -134,7 +215,7 @@ def run_combinations(train_images, test_images, cfg: CombinationConfig) -> list[
     steps = {k: make_train_step(model, train_images, k, cfg) for k in sorted({k for _, k in runs(cfg)})}
     rows = []
     for combination, k in runs(cfg):
-        curve = train_curve(model, steps[k], evaluate, combination, k, cfg)
+        curve = [dict(row) for row in train_curve(model, steps[k], evaluate, combination, k, cfg, state_dir)]
         for row in curve:
             row["label"] = label(combination, k)
             row["accuracy"] *= 100.0

@@ -57,3 +57,19 @@ def test_combination_weights():
     assert len(runs(CombinationConfig(ks=(2, 3, 4)))) == 10
     with pytest.raises(UserError):
         runs(CombinationConfig(ks=(1, 2)))
+
+
+def test_cli_combinations_checkpoint_into_the_state_and_remove_it_when_finished(tmp_path, omniglot_data_dir,
+                                                                                monkeypatch):
+    from reptile_tf.theory import cli as theory_cli
+
+    out, state = tmp_path / "theory", tmp_path / "state"
+    removed = []
+    monkeypatch.setattr(theory_cli.shutil, "rmtree", lambda path, **_: removed.append(path))
+    assert main(["theory", "--out", str(out), "--budget", "smoke", "--data-dir", str(omniglot_data_dir),
+                 "--parts", "combinations", "--state", str(state)]) == 0
+    curves = _read(out / "gradient_combinations.csv")
+    assert sorted({(r["combination"], r["k"]) for r in curves}) == [("g1", "1"), ("gk", "2"), ("mean", "2"), ("sum", "2")]
+    assert sorted(p.name for p in state.iterdir()) == ["g1_k1.json", "gk_k2.json", "mean_k2.json", "settings.json",
+                                                      "sum_k2.json"]
+    assert removed == [state]  # finished: the state goes, and a rerun measures anew
