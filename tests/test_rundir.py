@@ -179,3 +179,27 @@ def test_modes_and_file_names():
     assert set(rundir.EVAL_MODES) == set(rundir.REPORT_MODES) == {"transductive", "non_transductive"}
     assert rundir.REPORT_MODES[0] == "non_transductive"  # the paper's rows: a method, then its +T row
     assert rundir.eval_csv_name("transductive") == "eval_transductive.csv"
+
+
+def test_snapshot_commits_the_newest_checkpoint_and_the_theory_state_but_no_temporaries(tmp_path):
+    """benchmarks/snapshot_runs.sh, the commit of long runs' progress, in a scratch repository."""
+    repo = tmp_path / "repo"
+    runs = repo / "results/p/runs"
+    run = committed_run(runs, files=("ckpt-20000", "ckpt-24000"))  # the state lists ckpt-24000 only
+    theory = runs / "p/theory_combinations"
+    theory.mkdir(parents=True)
+    for name in ("settings.json", "g1_k1.json", "gk_k2.npz", ".gk_k2.npz.x1y2.npz.tmp"):  # the last: a write in flight
+        (theory / name).write_bytes(b"x")
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "HOME": str(tmp_path), "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True, env=env)
+    script = Path(__file__).resolve().parents[1] / "benchmarks/snapshot_runs.sh"
+    result = subprocess.run(["bash", str(script), "results/p/runs", "progress"], cwd=repo, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    committed = subprocess.run(["git", "ls-files"], cwd=repo, env=env, capture_output=True, text=True).stdout.split()
+    prefix = f"{run.relative_to(repo)}/checkpoints"
+    assert sorted(committed) == sorted([
+        f"{run.relative_to(repo)}/config.json", f"{prefix}/checkpoint", f"{prefix}/ckpt-24000.index",
+        f"{prefix}/ckpt-24000.data-00000-of-00001", "results/p/runs/p/theory_combinations/settings.json",
+        "results/p/runs/p/theory_combinations/g1_k1.json", "results/p/runs/p/theory_combinations/gk_k2.npz"])
