@@ -217,6 +217,10 @@ def test_paper_presets_train_with_the_official_code_semantics(workdir, preset, o
         # FOMAML as the published cells were made (train_as: maml_first_order): Finn's code first-order
         assert (algorithm, "--first-order" in line) == (("maml", True) if official and cell == "fomaml" else (cell, False))
         assert ("--data-dir data/tfds_nearest " in line) == official, line
+    # section 6.2 (theory) reads the same images as the preset's runs
+    theory = [line for line in (result.stdout + result.stderr).splitlines() if "reptile-tf theory" in line]
+    assert len(theory) == (preset != "smoke.yaml")
+    assert all(("--data-dir data/tfds_nearest " in line) == official for line in theory)
 
 
 def test_quick_preset_keeps_the_maml_queries_its_results_were_made_with(workdir):

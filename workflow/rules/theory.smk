@@ -7,7 +7,8 @@
 
 rule theory:
     input:
-        f"{TFDS}/omniglot",
+        # the preset's Omniglot (paper presets: the official code's NEAREST images, as section 6.2 used)
+        f"{tfds_root('omniglot')}/omniglot",
     output:
         report(
             directory(THEORY_OUT),
@@ -24,7 +25,7 @@ rule theory:
     conda:
         CONDA_ENV
     log:
-        f"{config['logs_dir']}/theory.log",
+        f"{LOGS}/theory.log",
     benchmark:
         f"{RESULTS}/benchmarks/theory.tsv"
     threads: resource("theory", "threads")
