@@ -11,7 +11,12 @@ With `--xla` on CPU the grouped variants are very slow (XLA's CPU backend compil
 convolutions poorly).
 
     .venv/bin/python benchmarks/compare_conv.py [--cases reptile:omniglot:5,...] [--variants model,split]
-        [--xla] [--repeats 5]
+        [--xla] [--repeats 5] [--shots K] [--network maml]
+
+`--shots` and `--network` time the paper presets' MAML-family cells (`--network maml`: Finn's conv
+net with his inner-loss scale, `sum_per_shot`, as `workflow/config/config.yaml` trains MAML and
+FOMAML; `--cases maml_fo:...` is FOMAML), e.g. the 5-shot cells with 5 queries per class:
+`--cases maml:omniglot:5,maml_fo:omniglot:5 --shots 5 --network maml`.
 """
 
 from __future__ import annotations
@@ -28,23 +33,36 @@ from reptile_tf import flops, models  # noqa: E402
 from reptile_tf.bench.measure import median_seconds  # noqa: E402
 from reptile_tf.bench.plan import Case, case_settings, parse_cases  # noqa: E402
 from reptile_tf.bench.workloads import make_meta_runner  # noqa: E402
+from reptile_tf.networks import DEFAULT_NETWORK, NETWORKS  # noqa: E402
+from reptile_tf.settings import Settings, paper_settings  # noqa: E402
 
 
 def patched_get_model(variant: str):
     """`models.get_model` with the conv path `variant` (or the model's own for "model")."""
 
-    def get_model(arch: str, num_outputs: int, conv_path: str | None = None):
-        return ORIGINAL_GET_MODEL(arch, num_outputs, None if variant == "model" else variant)
+    def get_model(arch: str, num_outputs: int, conv_path: str | None = None, network: str = DEFAULT_NETWORK):
+        return ORIGINAL_GET_MODEL(arch, num_outputs, None if variant == "model" else variant, network)
 
     return get_model
 
 
-def time_case(case: Case, variant: str, xla: bool, warmup: int, repeats: int) -> tuple[float, float]:
-    """(median wall seconds, mean process-CPU seconds) per meta-iteration of `case` with `variant`."""
+def timed_settings(case: Case, shots: int | None, network: str) -> Settings:
+    """The case's paper settings (1-shot unless `shots`), on `network` ("maml": with Finn's loss scale)."""
+    settings = case_settings(case)
+    if shots:
+        settings = paper_settings(settings.algorithm, case.dataset, case.ways, shots).replace(
+            first_order=settings.first_order)
+    if network == "maml":
+        settings = settings.replace(loss_reduction="sum_per_shot")
+    return settings.replace(network=network)
+
+
+def time_case(settings: Settings, variant: str, xla: bool, warmup: int, repeats: int) -> tuple[float, float]:
+    """(median wall seconds, mean process-CPU seconds) per meta-iteration of `settings` with `variant`."""
     # bench.workloads looks get_model up on the models module at call time.
     models.get_model = patched_get_model(variant)
     try:
-        run = make_meta_runner(case_settings(case), xla)
+        run = make_meta_runner(settings, xla)
         wall = median_seconds(run, warmup + 1, repeats)
         start = time.process_time()  # CPU seconds of this process: less sensitive to other load
         for _ in range(repeats):
@@ -76,12 +94,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--variants", type=parse_variants, default=VARIANTS,
                         help=f"comma-separated subset of {', '.join(VARIANTS)}")
+    parser.add_argument("--shots", type=int, default=None, help="shots of the cells timed (default: 1)")
+    parser.add_argument("--network", choices=tuple(NETWORKS), default=DEFAULT_NETWORK,
+                        help="conv-net family (maml: Finn's, with his inner-loss scale)")
     args = parser.parse_args()
     print("case | xla | " + " | ".join(f"{v} wall s / CPU s" for v in args.variants) + " | best GFLOP/s (wall)")
     for case in args.cases:
-        work = flops.meta_iteration_flops(case_settings(case)).total
-        times = [time_case(case, variant, args.xla, args.warmup, args.repeats) for variant in args.variants]
-        print(f"{case.label} | {args.xla} | " + " | ".join(f"{wall:.4f} / {cpu:.4f}" for wall, cpu in times)
+        settings = timed_settings(case, args.shots, args.network)
+        work = flops.meta_iteration_flops(settings).total
+        times = [time_case(settings, variant, args.xla, args.warmup, args.repeats) for variant in args.variants]
+        label = f"{case.label} {settings.shots}-shot, {settings.queries} queries, network {settings.network}"
+        print(f"{label} | {args.xla} | " + " | ".join(f"{wall:.4f} / {cpu:.4f}" for wall, cpu in times)
               + f" | {work / min(wall for wall, _ in times) / 1e9:.1f}", flush=True)
 
 

@@ -100,7 +100,7 @@ def profile_ops(settings: Settings, warmup: int, repeats: int, xla: bool = True)
         cin = layer.output_shape[-1]
         size = -(-layer.output_shape[0] // 2) if net.max_pool else layer.output_shape[0]
 
-    model = models.get_model(settings.dataset, settings.ways)
+    model = models.get_model(settings.dataset, settings.ways, network=settings.network)
     params = models.broadcast_params(model.init(0), tasks)
     x = rng.uniform([tasks, batch, height, height, channels])
     y = tf.zeros([tasks, batch], tf.int32)

@@ -45,7 +45,7 @@ def _episodes(rng: np.random.Generator, tasks: int, ways: int, shots: int, queri
 def make_meta_runner(settings: Settings, xla: bool, seed: int = 0, model: models.Model | None = None) -> Callable[[], float]:
     """A no-argument callable running one compiled meta-iteration (state carried over); `model`
     replaces the default network (benchmarks/floor.py times variants of it)."""
-    model = model or models.get_model(settings.dataset, settings.ways)
+    model = model or models.get_model(settings.dataset, settings.ways, network=settings.network)
     batch = {k: tf.constant(v) for k, v in random_batch(settings, seed).items()}
     holder = {"state": meta.init_meta_state(model, model.init(seed), settings, seed)}
     outer_lr = tf.constant(settings.outer_lr if settings.algorithm == "maml" else 0.5, tf.float32)
@@ -68,7 +68,7 @@ def eval_chunk_size(settings: Settings, tiny: bool = False) -> int:
 
 def make_eval_runner(settings: Settings, chunk: int, transductive: bool = False, seed: int = 0) -> Callable[[], float]:
     """One compiled call adapting and predicting `chunk` evaluation tasks (meta.adapt + meta.predict)."""
-    model = models.get_model(settings.dataset, settings.ways)
+    model = models.get_model(settings.dataset, settings.ways, network=settings.network)
     params = model.init(seed)
     episodes = {k: tf.constant(v) for k, v in _episodes(np.random.default_rng(seed), chunk, settings.ways,
                                                         settings.shots, settings.eval_queries,
