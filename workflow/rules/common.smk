@@ -213,20 +213,36 @@ def prepared(wildcards):
     return f"{tfds_root(wildcards.dataset)}/{wildcards.dataset}"
 
 
+def ancient_once_made(path, made):
+    """An input `path`, marked `ancient` when the job's outputs `made` all exist already. A finished
+    job's outputs (the committed run directories under results/paper_cpu/runs, its theory) then
+    stay finished when an input is newer, as in a fresh clone: the data prepared after them, or a
+    run's DONE checked out after the job's committed benchmark file (Snakemake dates a job's
+    outputs by the oldest, benchmark included). `make reproduce` prepares the data in a first
+    invocation: within one, Snakemake reruns every job downstream of a job it runs. Only then:
+    Snakemake 9 plans no job downstream of an `ancient` input whose producer runs. Train checks
+    the data digest against config.json whenever it resumes; delete an output (or --forcerun the
+    rule) to make it again."""
+    return ancient(path) if all(os.path.exists(p) for p in made) else path
+
+
 def prepared_for(output_name):
-    """Input function: the prepared data, marked `ancient` once the job's own output exists. A
-    finished run directory (committed ones under results/paper_cpu/runs) then stays finished when
-    the data was prepared after it, as in a fresh clone (`make reproduce` prepares the data in a
-    first invocation: within one, Snakemake reruns every job downstream of a job it runs). Only
-    then: Snakemake 9 plans no job downstream of an `ancient` input whose producer runs. Train
-    checks the data digest against config.json whenever it resumes."""
+    """Input function: the prepared data, `ancient` once the job's run directories hold `output_name`."""
 
     def data(wildcards):
-        path = prepared(wildcards)
-        return ancient(path) if all(os.path.exists(os.path.join(d, output_name)) for d in job_run_dirs(wildcards)) \
-            else path
+        return ancient_once_made(prepared(wildcards), [os.path.join(d, output_name) for d in job_run_dirs(wildcards)])
 
     return data
+
+
+def run_file_for(name, output_name):
+    """Input function: the run directory's file `name` (its DONE), `ancient` once it holds `output_name`."""
+
+    def path(wildcards):
+        (run_dir,) = job_run_dirs(wildcards)
+        return ancient_once_made(os.path.join(run_dir, name), [os.path.join(run_dir, output_name)])
+
+    return path
 
 
 def job_run_dirs(wildcards):

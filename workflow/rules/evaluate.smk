@@ -4,7 +4,7 @@
 
 rule evaluate:
     input:
-        done=f"{RUN_DIR}/DONE",
+        done=run_file_for("DONE", "eval.json"),
         data=prepared_for("eval.json"),
     output:
         f"{RUN_DIR}/eval.json",

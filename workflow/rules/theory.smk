@@ -8,7 +8,7 @@
 rule theory:
     input:
         # the preset's Omniglot (paper presets: the official code's NEAREST images, as section 6.2 used)
-        f"{tfds_root('omniglot')}/omniglot",
+        ancient_once_made(f"{tfds_root('omniglot')}/omniglot", [THEORY_OUT]),
     output:
         report(
             directory(THEORY_OUT),
