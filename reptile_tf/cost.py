@@ -187,9 +187,10 @@ JOB_STARTUP_S = 30.0
 
 # Hours of the other long jobs on the same machine class.
 # theory: smoke ~2 min (reptile_tf/theory/budgets.py); quick 147 s measured (results/theory/README.md:
-# combinations 92 s for 200 iterations); paper projected: the combinations part scaled to its 40,000
-# iterations (x200, its evaluations scale alike), the other parts minutes.
-THEORY_HOURS = {"smoke": 2 / 60, "quick": 147 / 3600, "paper": 5.0}
+# combinations 92 s for 200 iterations); paper: the combination curves projected from a measured
+# training step and evaluation, 5.64 h on Zen 4 (results/benchmarks/avx512/theory_cost.md), the
+# other parts minutes.
+THEORY_HOURS = {"smoke": 2 / 60, "quick": 147 / 3600, "paper": 5.6}
 # `reptile-tf bench --quick`: "a few minutes" (its --help); not timed, rounded up.
 BENCH_QUICK_HOURS = 0.25
 
