@@ -33,6 +33,7 @@ from reptile_tf.io import atomic_path, read_json, write_json_atomic
 from reptile_tf.meta import InnerConfig, adapt, inner_loop, make_inner_batches, predict
 from reptile_tf.models import Model, broadcast_params, get_model
 from reptile_tf.settings import Settings, paper_settings
+from reptile_tf.train import config_differences
 
 COMBINATIONS = ("g1", "gk", "sum", "mean")
 
@@ -137,13 +138,10 @@ def open_state(state_dir: Path, expected: dict) -> None:
     if not path.exists():
         write_json_atomic(path, expected)
         return
-    found = read_json(path)
-    if found != expected:
-        keys = sorted({*found.get("config", {}), *expected["config"]})
-        differing = [f"config.{key}" for key in keys if found.get("config", {}).get(key) != expected["config"].get(key)]
-        differing += [key for key in ("train_shape", "test_shape") if found.get(key) != expected[key]]
+    differing = config_differences(read_json(path), expected)
+    if differing:
         raise UserError(f"{state_dir} holds gradient-combination curves made with other settings "
-                        f"(differing: {', '.join(differing) or 'the file format'}); pass another --state "
+                        f"(differing: {', '.join(differing)}); pass another --state "
                         "directory, or delete this one to start the curves over")
 
 
