@@ -94,6 +94,24 @@ def write_config(run_dir: str | Path, config: dict[str, Any]) -> None:
     io.write_json_atomic(Path(run_dir) / CONFIG_FILE, config)
 
 
+def config_differences(existing: dict[str, Any], requested: dict[str, Any]) -> list[str]:
+    """Keys (dotted for nested dicts) whose values differ, ignoring the environment record: what
+    keeps a config.json (or a theory state's config) from being resumed by a request."""
+    def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for key, value in d.items():
+            if not prefix and key == ENVIRONMENT_KEY:
+                continue
+            if isinstance(value, dict):
+                flat.update(flatten(value, f"{prefix}{key}."))
+            else:
+                flat[f"{prefix}{key}"] = value
+        return flat
+
+    old, new = flatten(existing), flatten(requested)
+    return sorted(k for k in old.keys() | new.keys() if old.get(k, "<absent>") != new.get(k, "<absent>"))
+
+
 # ---------------------------------------------------------------------------------- runs
 
 

@@ -199,23 +199,6 @@ def build_config(settings: Settings, seed: int, options: RunOptions, data_info: 
     return json.loads(json.dumps(config))  # normalise (tuples -> lists) so comparisons are exact
 
 
-def config_differences(existing: dict[str, Any], requested: dict[str, Any]) -> list[str]:
-    """Keys (dotted for nested dicts) whose values differ, ignoring the environment record."""
-    def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-        flat: dict[str, Any] = {}
-        for key, value in d.items():
-            if not prefix and key == ENVIRONMENT_KEY:
-                continue
-            if isinstance(value, dict):
-                flat.update(flatten(value, f"{prefix}{key}."))
-            else:
-                flat[f"{prefix}{key}"] = value
-        return flat
-
-    old, new = flatten(existing), flatten(requested)
-    return sorted(k for k in old.keys() | new.keys() if old.get(k, "<absent>") != new.get(k, "<absent>"))
-
-
 def prepare_run_dir(run_dir: Path, config: dict[str, Any]) -> None:
     """Create the run directory and config.json, or check that an existing one matches."""
     config_path = run_dir / CONFIG_FILE
@@ -224,7 +207,7 @@ def prepare_run_dir(run_dir: Path, config: dict[str, Any]) -> None:
             existing = rundir.read_config(run_dir)
         except (OSError, ValueError) as err:
             raise UserError(f"{config_path} is unreadable ({err}); delete the run directory or use a new --out") from None
-        differing = config_differences(existing, config)
+        differing = rundir.config_differences(existing, config)
         if differing:
             shown = ", ".join(f"{k} ({_lookup(existing, k)!r} -> {_lookup(config, k)!r})" for k in differing[:8])
             raise UserError(

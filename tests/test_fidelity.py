@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 
-from reptile_tf import train
+from reptile_tf import rundir, train
 from reptile_tf.errors import UserError
 from reptile_tf.settings import FIDELITY_OPTIONS, paper_settings, settings_from_config
 
@@ -45,8 +45,8 @@ def test_config_records_non_default_options_and_old_configs_still_match():
     assert {k: recorded[k] for k in FIDELITY_OPTIONS} == {
         "inner_adam_mode": "sequential", "loss_reduction": "sum", "eval_adam_state": "fresh", "network": "maml"}
     assert settings_from_config(recorded) == official
-    assert train.config_differences(old_style, settings.to_dict()) == []
-    assert train.config_differences(old_style, recorded) == sorted(FIDELITY_OPTIONS)
+    assert rundir.config_differences(old_style, settings.to_dict()) == []
+    assert rundir.config_differences(old_style, recorded) == sorted(FIDELITY_OPTIONS)
 
 
 def test_train_cli_has_a_flag_per_option():

@@ -107,6 +107,7 @@ def test_the_cycle_check_sees_the_stages():
     assert "reptile_tf.scoring" in module_level_imports("reptile_tf.evaluate")
     assert "reptile_tf.scoring" in module_level_imports("reptile_tf.train")
     assert "reptile_tf.train" not in module_level_imports("reptile_tf.evaluate")
+    assert "reptile_tf.rundir" in module_level_imports("reptile_tf.theory.combinations")
     assert "reptile_tf.rundir" in module_level_imports("reptile_tf.tables")
     assert "reptile_tf.tables" not in module_level_imports("reptile_tf.tracking")
 
@@ -117,3 +118,12 @@ def test_workflow_and_help_modules_do_not_import_tensorflow():
             "assert not heavy, heavy\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_commands_are_leaves():
+    """Training and evaluation are stages at the end of the flow: only the CLI loads them, so a
+    helper another stage needs (a config diff, a reader) lives below them, not in them."""
+    commands = ("reptile_tf.train", "reptile_tf.evaluate")
+    importers = sorted(f"{module} -> {target}" for module in MODULES if module not in LAZY_LOADERS
+                       for target in module_level_imports(module) if target in commands)
+    assert not importers, "modules importing a command module:\n" + "\n".join(importers)

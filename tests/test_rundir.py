@@ -203,3 +203,10 @@ def test_snapshot_commits_the_newest_checkpoint_and_the_theory_state_but_no_temp
         f"{run.relative_to(repo)}/config.json", f"{prefix}/checkpoint", f"{prefix}/ckpt-24000.index",
         f"{prefix}/ckpt-24000.data-00000-of-00001", "results/p/runs/p/theory_combinations/settings.json",
         "results/p/runs/p/theory_combinations/g1_k1.json", "results/p/runs/p/theory_combinations/gk_k2.npz"])
+
+
+def test_config_differences_name_the_keys_and_ignore_the_environment():
+    old = {"seed": 0, "inner_lr": 0.1, "data": {"digest": "a"}, "environment": {"git_commit": "x"}}
+    new = {"seed": 1, "inner_lr": 0.1, "data": {"digest": "b"}, "environment": {"git_commit": "y"}}
+    assert rundir.config_differences(old, new) == ["data.digest", "seed"]
+    assert rundir.config_differences(old, dict(old, environment={"device": "GPU"})) == []

@@ -139,7 +139,7 @@ def _assert_runs_equal(alone: Path, together: Path) -> None:
     assert _metrics(alone) == _metrics(together)
     assert _files(alone) == _files(together)
     config_a, config_b = rundir.read_config(alone), rundir.read_config(together)
-    assert train.config_differences(config_a, config_b) == []
+    assert rundir.config_differences(config_a, config_b) == []
 
 
 @pytest.mark.parametrize("algorithm", ["reptile", "fomaml", "maml"])

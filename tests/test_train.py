@@ -107,13 +107,6 @@ def test_task_seed_depends_on_seed_and_iteration_only():
     assert (a != np.asarray(train.task_seed(4, 7))).any()
 
 
-def test_config_differences_name_the_keys_and_ignore_the_environment():
-    old = {"seed": 0, "inner_lr": 0.1, "data": {"digest": "a"}, "environment": {"git_commit": "x"}}
-    new = {"seed": 1, "inner_lr": 0.1, "data": {"digest": "b"}, "environment": {"git_commit": "y"}}
-    assert train.config_differences(old, new) == ["data.digest", "seed"]
-    assert train.config_differences(old, dict(old, environment={"device": "GPU"})) == []
-
-
 def test_metrics_are_trimmed_to_the_checkpoint_and_torn_lines_skipped(tmp_path):
     path = tmp_path / rundir.METRICS_FILE
     path.write_text("".join(json.dumps({"iteration": i, "loss": i / 10}) + "\n" for i in (10, 20, 30, 40))

@@ -32,8 +32,8 @@ from reptile_tf.errors import UserError
 from reptile_tf.io import atomic_path, read_json, write_json_atomic
 from reptile_tf.meta import InnerConfig, adapt, inner_loop, make_inner_batches, predict
 from reptile_tf.models import Model, broadcast_params, get_model
+from reptile_tf.rundir import config_differences
 from reptile_tf.settings import Settings, paper_settings
-from reptile_tf.train import config_differences
 
 COMBINATIONS = ("g1", "gk", "sum", "mean")
 
