@@ -43,11 +43,8 @@ IMAGE_SIZE = DATASETS["omniglot"].input_shape[0]
 NUM_CHARACTERS = 1623
 DRAWINGS_PER_CHARACTER = 20
 
-# Reptile protocol (official supervised-reptile code): characters in sorted
-# (alphabet, character) order, shuffled with random.Random(0), the first 1,200 train.
-REPTILE_TRAIN_CHARACTERS = 1200
-REPTILE_SEED = 0
-ROTATIONS = (0, 90, 180, 270)
+# The characters are stored in sorted (alphabet, character) order, the order the Reptile
+# protocol's shuffle starts from (`episodes.reptile_characters` holds that protocol).
 RESIZE_FILTERS = ("lanczos", "nearest")
 DEFAULT_RESIZE_FILTER = "lanczos"
 
