@@ -572,13 +572,17 @@ def _train_loop(settings: Settings, model: Model, runs: list[SeedRun], source: T
             records = [_log_and_save(run, values, iteration, settings, options, validate)
                        for run, values in zip(group, metrics)]
             if records[0]:  # the bar shows the first seed's latest line
-                bar.set_postfix({k: v for k, v in records[0].items() if k in ("loss", "accuracy", "val_accuracy",
-                                                                              "val_mse")})
+                bar.set_postfix({k: v for k, v in records[0].items() if k in PROGRESS_METRICS})
             bar.update(1)
     finally:
         bar.close()
     if any(int(run.variables.iteration.numpy()) != total for run in runs):
         raise RuntimeError("iteration counter out of step with the loop")  # a bug, not user input
+
+
+# What the progress line shows. MAML's "accuracy" is the pre-adaptation accuracy, at chance by
+# design (labels are permuted per task), so its post-adaptation query accuracy is shown beside it.
+PROGRESS_METRICS = ("loss", "accuracy", "query_accuracy", "val_accuracy", "val_mse")
 
 
 def _compiled_step(model: Model, settings: Settings, group: list[SeedRun], source: TaskSource,
