@@ -177,3 +177,16 @@ def test_fidelity_report_keeps_recorded_rows_of_runs_not_on_disk(tmp_path, monke
     assert fidelity.read_rows(results / "paired.csv")[0]["delta"] == -1.5
     readme = (results / "README.md").read_text()
     assert "| sum_loss | transductive | 0 1 |" in readme and "half_eval_lr | baseline | transductive" in readme
+
+
+def test_adam_state_swap_takes_only_the_inner_adam_entries():
+    """benchmarks/adam_state_swap.py: one run's weights with the other's inner Adam state (issue 11)."""
+    spec = importlib.util.spec_from_file_location("adam_state_swap", ROOT / "benchmarks" / "adam_state_swap.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    weights = {"params/w": 1.0, "inner_adam/m/w": 2.0, "inner_adam/v/w": 3.0, "inner_adam/t": 4}
+    adam = {"params/w": 10.0, "inner_adam/m/w": 20.0, "inner_adam/v/w": 30.0, "inner_adam/t": 40}
+    assert module.swap_inner_adam(weights, adam) == {"params/w": 1.0, "inner_adam/m/w": 20.0,
+                                                     "inner_adam/v/w": 30.0, "inner_adam/t": 40}
+    with pytest.raises(SystemExit, match="same layout"):
+        module.swap_inner_adam(weights, {"params/w": 10.0})
