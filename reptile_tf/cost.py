@@ -8,6 +8,9 @@ FLOP count of `reptile_tf.flops` for the workloads the benchmark did not measure
   workload (same algorithm, dataset, ways and FLOP count); otherwise the workload's FLOPs at the
   measured GFLOP/s of the closest measured workload (same algorithm and dataset, else same
   dataset, else any), taking the slowest rate when several are equally close (conservative);
+- the official code's sequential inner Adam (Reptile's tasks one after another): the parallel-mode
+  time above times its slowdown measured beside the parallel mode in one run
+  (`inner_adam_threads.csv` beside throughput.csv, benchmarks/inner_adam_threads.py);
 - evaluation, seconds per task and mode: the task's FLOPs (`flops.eval_task_flops`) at the
   GFLOP/s the benchmark's evaluation measurement reached (Reptile Omniglot 5-way, 50 Adam steps,
   non-transductive, chunked as `reptile-tf evaluate`).
@@ -26,7 +29,7 @@ import csv
 import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from reptile_tf import flops
@@ -37,6 +40,8 @@ from reptile_tf.settings import Settings, paper_settings
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_DIR = "benchmarks"  # under a results directory: one folder per CPU class (`reptile-tf bench`)
 THROUGHPUT_FILE = "throughput.csv"
+# Beside it: Reptile's two inner-Adam modes timed in one run (benchmarks/inner_adam_threads.py).
+INNER_ADAM_FILE = "inner_adam_threads.csv"
 
 # Only when no benchmark of any CPU class is on record (a copy of the package without results/):
 # an assumed rate, said to be one in the plan statement.
@@ -54,6 +59,8 @@ class Throughput:
 
     rows: tuple[dict, ...]
     source: str
+    # shots -> sequential inner Adam's time / the parallel-mean one's (`read_sequential_slowdown`)
+    sequential_slowdown: dict[int, float] = field(default_factory=dict)
 
 
 def _number(text: str) -> float:
@@ -85,6 +92,26 @@ def read_throughput(path: str | os.PathLike) -> tuple[dict, ...]:
     return tuple(rows)
 
 
+def read_sequential_slowdown(path: str | os.PathLike) -> dict[int, float]:
+    """shots -> the sequential inner Adam's Reptile meta-iteration at its fastest thread count over
+    the parallel-mean one at its most threads (the one throughput.csv times), from one run of
+    benchmarks/inner_adam_threads.py; empty if unreadable."""
+    try:
+        with open(path, newline="") as stream:
+            raw = list(csv.DictReader(stream))
+        rows = [(int(r["shots"]), r["inner_adam_mode"], int(r["threads"]), _number(r["ms_per_meta_iteration"]))
+                for r in raw]
+    except (OSError, KeyError, ValueError):
+        return {}
+    slowdown = {}
+    for shots in {r[0] for r in rows}:
+        sequential = [ms for s, mode, _, ms in rows if s == shots and mode == "sequential" and ms > 0]
+        parallel = sorted((threads, ms) for s, mode, threads, ms in rows if s == shots and mode == "parallel_mean" and ms > 0)
+        if sequential and parallel:
+            slowdown[shots] = min(sequential) / parallel[-1][1]
+    return slowdown
+
+
 def throughput_files(results_dir: str | os.PathLike | None = None) -> list[Path]:
     """Benchmark files in the order they are preferred: this machine's CPU class first, then the
     other classes, under `results_dir` and then under the project's results/."""
@@ -103,7 +130,7 @@ def load_throughput(results_dir: str | os.PathLike | None = None) -> Throughput:
     for path in throughput_files(results_dir):
         rows = read_throughput(path)
         if rows:
-            return Throughput(rows, _short_path(path))
+            return Throughput(rows, _short_path(path), read_sequential_slowdown(path.parent / INNER_ADAM_FILE))
     return Throughput((), ASSUMED_SOURCE)
 
 
@@ -125,10 +152,20 @@ def _rate(row: dict) -> float:
 
 
 def seconds_per_iteration(settings: Settings, throughput: Throughput | None = None) -> float:
-    """Projected seconds of one meta-iteration of `settings` on the measured machine (XLA off)."""
+    """Projected seconds of one meta-iteration of `settings` on the measured machine (XLA off);
+    the sequential inner Adam's scaled by its measured slowdown (the nearest shot count's)."""
     if settings.synthetic:
         return SINE_SECONDS_PER_ITERATION
-    rows = [r for r in (throughput or load_throughput()).rows if r["gflop_per_meta_iter"] > 0]
+    throughput = throughput or load_throughput()
+    seconds = _parallel_seconds_per_iteration(settings, throughput)
+    slowdown = throughput.sequential_slowdown
+    if settings.inner_adam_mode == "sequential" and settings.inner_optimizer == "adam" and slowdown:
+        seconds *= slowdown[min(slowdown, key=lambda shots: (abs(shots - settings.shots), shots))]
+    return seconds
+
+
+def _parallel_seconds_per_iteration(settings: Settings, throughput: Throughput) -> float:
+    rows = [r for r in throughput.rows if r["gflop_per_meta_iter"] > 0]
     work = flops.meta_iteration_flops(settings).total / 1e9
     name = _benchmark_name(settings)
     for row in rows:

@@ -155,6 +155,14 @@ class Settings:
             raise UserError(f"invalid hyperparameters: {'; '.join(message for _, message in problems)}. "
                             "Pass other values (`reptile-tf train --help` lists the flags).")
 
+    def seed_group_problem(self, seeds: int) -> str | None:
+        """Why `seeds` runs of these settings cannot train together in one compiled call
+        (`reptile-tf train --seeds`, the workflow's `train.seed_groups`); None when they can."""
+        if seeds > 1 and self.inner_adam_mode == "sequential":
+            return ("inner_adam_mode 'sequential' runs the tasks of a meta-batch one after another, so seeds "
+                    "cannot share one call")
+        return None
+
     # ------------------------------------------------------------ derived facts
 
     @property

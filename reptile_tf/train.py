@@ -460,9 +460,9 @@ def check_seed_group(settings: Settings, seeds: list[int], run_dirs: list[Path])
     if len(set(resolved)) != len(resolved):
         raise UserError(f"two seeds share a run directory ({', '.join(map(str, run_dirs))}); give each seed its own "
                         f"(--out with {SEED_PLACEHOLDER})")
-    if len(seeds) > 1 and settings.inner_adam_mode == "sequential":
-        raise UserError("inner_adam_mode 'sequential' runs the tasks of a meta-batch one after another, so seeds "
-                        "cannot share one call; train each seed alone (--seed N)")
+    problem = settings.seed_group_problem(len(seeds))
+    if problem:
+        raise UserError(f"{problem}; train each seed alone (--seed N)")
 
 
 def validate_options(options: RunOptions) -> None:

@@ -319,3 +319,22 @@ def test_floor_scales_each_class_to_its_own_idle_run(tmp_path):
     floor.rescale(out)
     assert (out / "floor.md").read_text().startswith("\n".join(head))
     assert "learn2learn at 0.315 s" in before and (out / "floor.md").read_text().count("0.500 s, learn2learn") == 1
+
+
+def test_inner_adam_threads_times_both_modes_in_child_processes(tmp_path):
+    """benchmarks/inner_adam_threads.py: one child per (mode, threads), its CSV what reptile_tf.cost
+    reads to project the sequential inner Adam."""
+    from reptile_tf import cost
+
+    root = Path(__file__).resolve().parents[1]
+    args = ["--out", str(tmp_path), "--shots", "1", "--threads", "1", "--rounds", "1", "--repeats", "1", "--warmup", "0"]
+    done = subprocess.run([sys.executable, str(root / "benchmarks/inner_adam_threads.py"), *args],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    frame = pd.read_csv(tmp_path / "inner_adam_threads.csv")
+    assert list(frame["inner_adam_mode"]) == ["parallel_mean", "sequential"] and (frame["threads"] == 1).all()
+    assert (frame["ms_per_meta_iteration"] > 0).all() and frame["conv_path"].notna().all()
+    assert (tmp_path / "inner_adam_threads.md").read_text().startswith(
+        "`python benchmarks/inner_adam_threads.py " + " ".join(args) + "`")
+    slowdown = cost.read_sequential_slowdown(tmp_path / "inner_adam_threads.csv")
+    assert slowdown == {1: pytest.approx(frame["ms_per_meta_iteration"][1] / frame["ms_per_meta_iteration"][0])}

@@ -133,6 +133,29 @@ def test_unmeasured_workloads_scale_by_flops_at_the_closest_measured_rate():
                         flops.meta_iteration_flops(fomaml).total / 1e9 / rate, rel_tol=1e-6)
 
 
+def test_sequential_inner_adam_scales_by_its_slowdown_measured_beside_the_parallel_mode(tmp_path):
+    """benchmarks/inner_adam_threads.py times both modes in one run: the fastest sequential pair over
+    the parallel mode at the most threads (the count throughput.csv times) scales the projection."""
+    bench = tmp_path / "benchmarks/avx512"
+    bench.mkdir(parents=True)
+    shutil.copy(ROOT / "results/benchmarks/avx512/throughput.csv", bench / cost.THROUGHPUT_FILE)
+    (bench / cost.INNER_ADAM_FILE).write_text(
+        "shots,inner_adam_mode,threads,conv_path,ms_per_meta_iteration,round_ms,repeats\n"
+        "1,parallel_mean,1,grouped,90,,30\n1,parallel_mean,2,grouped,60,,30\n"
+        "1,sequential,1,grouped,84,,30\n1,sequential,2,grouped,150,,30\n")
+    throughput = cost.load_throughput(tmp_path)
+    assert throughput.sequential_slowdown == {1: pytest.approx(1.4)}
+    for shots in (1, 5):  # 5-shot: the nearest measured shot count's
+        parallel = paper_settings("reptile", "omniglot", 5, shots).replace(loss_reduction="sum")
+        sequential = parallel.replace(inner_adam_mode="sequential")
+        assert cost.seconds_per_iteration(sequential, throughput) == pytest.approx(
+            1.4 * cost.seconds_per_iteration(parallel, throughput))
+    maml = paper_settings("maml", "omniglot", 5, 1)  # plain SGD inside: no inner Adam to share
+    assert cost.seconds_per_iteration(maml.replace(inner_adam_mode="sequential"), throughput) == \
+        cost.seconds_per_iteration(maml, throughput)
+    assert cost.read_sequential_slowdown(tmp_path / "missing.csv") == {}
+
+
 def test_evaluation_projection_matches_the_measured_evaluation():
     """Reptile Omniglot 5-way, non-transductive: the benchmark's own measurement, by construction."""
     throughput = cost.Throughput(MEASURED, "test")

@@ -147,6 +147,10 @@ def test_invalid_config_fails_before_any_job_naming_the_key(workdir, tmp_path, o
     ({"grid": {"settings": [{"dataset": "omniglot", "ways": 5, "shots": 1,
                              "per_algorithm": {"reptile": {"train_as": "maml_first_order"}}}]}},
      "grid.settings.0.per_algorithm.reptile.train_as"),
+    # the sequential inner Adam runs one task at a time: its seeds cannot train in one call
+    ({"grid": {"seeds": [0, 1]}, "train": {"seed_groups": ["reptile"]},
+      "budget": {"per_algorithm": {"reptile": {"overrides": {"inner_adam_mode": "sequential"}}}}},
+     "train.seed_groups"),
 ])
 def test_bad_overrides_fail_the_dry_run_naming_the_key(workdir, tmp_path, override, key):
     """These used to pass `snakemake -n` and fail later, in the training jobs (or be ignored:
@@ -170,6 +174,22 @@ def test_good_overrides_plan_and_reach_the_train_command(workdir, tmp_path):
     assert "--inner-lr 1e-3" in out and "--meta-batch 4" in out
     fomaml = next(line for line in out.splitlines() if "reptile-tf train" in line and "/fomaml/seed0" in line)
     assert "--algorithm maml " in fomaml and "--first-order" in fomaml and "--network maml" in fomaml
+
+
+def test_sequential_inner_adam_jobs_train_on_one_thread(workdir, tmp_path):
+    """The sequential inner Adam's meta-iteration is slower on two intra-op threads than on one
+    (results/benchmarks/avx512/inner_adam_threads.md), so its jobs take one and the others the preset's."""
+    extra = overrides_file(tmp_path, "sequential.yaml", {
+        "resources": {"train": {"threads": 2}},
+        "budget": {"per_algorithm": {"reptile": {"overrides": {"inner_adam_mode": "sequential"}}}}})
+    result = snakemake(workdir, "-n", "-p", "--forceall", "--cores", "2", "--configfile", "workflow/config/smoke.yaml", extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    train = [line for line in (result.stdout + result.stderr).splitlines() if "reptile-tf train" in line]
+    assert len(train) == 3, train
+    for line in train:
+        sequential = "--inner-adam-mode sequential" in line
+        assert sequential == ("--algorithm reptile " in line), line
+        assert line.split("TF_NUM_INTRAOP_THREADS=")[1].split()[0] == ("1" if sequential else "2"), line
 
 
 @pytest.mark.parametrize("resize_filter, data_dir, prepare_flag", [

@@ -198,6 +198,22 @@ def resource(rule_name, key):
     return config["resources"][rule_name][key]
 
 
+def train_threads(wildcards):
+    """`threads` of a training job: the preset's (`resources.train.threads`), except one for the
+    sequential inner Adam (inner_adam_mode: sequential, the official Reptile code's): it runs a
+    meta-batch's tasks one after another, ops too small to share, and a second intra-op thread made
+    its meta-iteration twice as slow on Zen 4 (results/benchmarks/avx512/inner_adam_threads.md), so
+    two such jobs run side by side instead."""
+    from types import SimpleNamespace
+
+    job = SimpleNamespace(dataset=wildcards.dataset, ways=int(wildcards.ways), shots=int(wildcards.shots),
+                          algorithm=wildcards.algorithm)
+    threads = resource("train", "threads")
+    if job_settings(_settings_table(), job).inner_adam_mode == "sequential":
+        return min(threads, 1)
+    return threads
+
+
 def tfds_root(dataset):
     """The TFDS data dir holding `dataset`: Omniglot prepared with a non-default resize filter
     (data.omniglot_resize_filter; `nearest` = the official code's preprocessing) gets its own,
@@ -391,6 +407,10 @@ def check_overrides():
             origins = override_origins(job)
             field, message = problems[0]
             raise config_error(origins.get(field, f"grid.settings.{index}"), f"{message} (job {label})")
+        problem = settings.seed_group_problem(len(SEEDS)) if job.algorithm in SEED_GROUP_ALGORITHMS else None
+        if problem:
+            raise config_error("train.seed_groups", f"{problem} (job {label}): take {job.algorithm} out of "
+                               "train.seed_groups, or set its inner_adam_mode to parallel_mean")
 
 
 check_overrides()

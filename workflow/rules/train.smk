@@ -23,7 +23,7 @@ rule train:
         f"{LOGS}/train/{RUN_NAME}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{RUN_NAME}.tsv"
-    threads: resource("train", "threads")
+    threads: train_threads
     resources:
         gpu=resource("train", "gpu"),
         mem_mb=resource("train", "mem_mb"),
