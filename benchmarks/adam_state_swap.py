@@ -10,11 +10,13 @@ swap moves a run by the gap, the effect lives in the evaluation's starting state
 trained weights.
 
     nice -n 19 .venv/bin/python benchmarks/adam_state_swap.py \\
-        --sequential results/paper_cpu/reptile_5w1s_sequential_adam/omniglot_5w1s/seed0 \\
-        --parallel results/paper_cpu/runs/paper_cpu/omniglot_5w1s/reptile/seed0 \\
+        --sequential results/paper_cpu/runs/paper_cpu/omniglot_5w1s/reptile/seed0 \\
+        --parallel results/paper_cpu/reptile_parallel_mean_adam/omniglot_5w1s/seed0 \\
         --data-dir data/tfds_nearest --tasks 10000 \\
         --out results/paper_cpu/reptile_5w1s_sequential_adam/adam_state_swap
 
+(The run directories moved there on 2026-12-04, when the paper presets switched Reptile to the
+sequential inner Adam; the committed results were made at their earlier paths, the same runs.)
 Runtime: about 11 min per hybrid at two threads on an idle Zen 4 (0.066 s a task for both modes).
 Writes `<out>/<hybrid>_<mode>.csv` (per-task accuracy) and `<out>/README.md` (the comparison).
 """

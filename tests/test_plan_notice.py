@@ -88,11 +88,12 @@ def test_only_jobs_whose_outputs_are_missing_count(tmp_path):
                 if (setting, algorithm, seed) != ("omniglot_5w1s", "reptile", 0):
                     (run / "DONE").write_text("1")
     (workdir / "results/paper_cpu/theory").mkdir(parents=True)  # the section 6.2 experiment, done
-    # one training job left, 1.3 h: below the threshold
+    # one training job left, about 2 h: below the threshold
     assert NOTICE not in dry_run(workdir, *config).stderr
     # ... and above a lower one; a checkpoint at 80% leaves a fifth of it
     notice = dry_run(workdir, *config, "--config", "plan_notice=1").stderr
-    reptile = paper_settings("reptile", "omniglot", 5, 1)
+    # the preset's Reptile: the official summed loss and sequential inner Adam (config.yaml)
+    reptile = paper_settings("reptile", "omniglot", 5, 1).replace(loss_reduction="sum", inner_adam_mode="sequential")
     hours = (cost.JOB_STARTUP_S + reptile.iterations * cost.seconds_per_iteration(reptile)) / 3600
     assert f"train       1 of   8 job(s) to run: ~{cost.format_hours(hours)}" in notice
     assert "evaluate    0 of   8 job(s) to run: done" in notice

@@ -58,7 +58,7 @@ def test_every_preset_plans(workdir, preset):
     seeds = len(config["grid"]["seeds"])
     extras = sum(len(_extra_seeds(config, s, a)) for s in settings for a in algorithms)
     jobs = len(settings) * len(algorithms) * seeds + extras
-    # seed groups (train.seed_groups; the presets: reptile): one training job for all grid seeds
+    # seed groups (train.seed_groups; none in config.yaml): one training job for all grid seeds
     seed_groups = config.get("train", {}).get("seed_groups", ["reptile", "fomaml"])
     grouped = [a for a in algorithms if a in seed_groups] if seeds > 1 else []
     groups = len(settings) * len(grouped)
@@ -218,7 +218,7 @@ def test_omniglot_resize_filter_gets_its_own_data_dir(workdir, tmp_path, resize_
                                               ("quick.yaml", False), ("smoke.yaml", False)])
 def test_paper_presets_train_with_the_official_code_semantics(workdir, preset, official):
     """Issue 16: where the official codes' behaviour moves accuracy beyond the seed spread, the paper
-    presets follow it: Reptile the summed inner loss, MAML Finn's network and loss scale
+    presets follow it: Reptile the summed inner loss and the sequential inner Adam, MAML Finn's network and loss scale
     (results/fidelity/maml), FOMAML Finn's code run first-order (issue 11: as the published cells
     were made), all the 1-bit NEAREST Omniglot; quick and smoke keep this project's defaults (and
     the Reptile code's FOMAML) so their references stay valid."""
@@ -232,6 +232,8 @@ def test_paper_presets_train_with_the_official_code_semantics(workdir, preset, o
         cell = line.split("--out ")[1].split()[0].split("/")[-2]  # the table row: <algorithm>/seed<N>
         summed = "--loss-reduction sum " in line or line.endswith("--loss-reduction sum")
         assert summed == (official and algorithm == "reptile"), line
+        # the official Reptile code's one inner Adam state, carried from task to task
+        assert ("--inner-adam-mode sequential" in line) == (official and algorithm == "reptile"), line
         finn = "--network maml" in line and "--loss-reduction sum_per_shot" in line
         assert finn == (official and cell in ("maml", "fomaml")), line
         # FOMAML as the published cells were made (train_as: maml_first_order): Finn's code first-order

@@ -202,7 +202,8 @@ def train_threads(wildcards):
     """`threads` of a training job: the preset's (`resources.train.threads`), except one for the
     sequential inner Adam (inner_adam_mode: sequential, the official Reptile code's): it runs a
     meta-batch's tasks one after another, ops too small to share, and a second intra-op thread made
-    its meta-iteration twice as slow on Zen 4 (results/benchmarks/avx512/inner_adam_threads.md), so
+    its meta-iteration slower on Zen 4, not faster (1.40x 1-shot, 1.09x 5-shot in
+    results/benchmarks/avx512/inner_adam_threads.md; 0.15 against 0.082 s in a paper_cpu run), so
     two such jobs run side by side instead."""
     from types import SimpleNamespace
 
