@@ -245,10 +245,10 @@ class Settings:
 #   91.3% transductive; results/fidelity/maml/README.md). His step size goes with his network: the
 #   paper presets set both (network "maml", "sum_per_shot"), which trails our defaults by 2 points
 #   at 6,000 of 60,000 iterations and is closing (results/fidelity/maml_6000/README.md).
-# - inner_adam_mode "sequential": no effect beyond the spread at 2,000 iterations -> "parallel_mean"
-#   everywhere (faster), for now: at the full 100,000 it moved Reptile Omniglot 5-way 1-shot by +0.20
-#   (+T) / +0.29 points onto the published values (one seed, paired on 10,000 test tasks;
-#   results/paper_cpu/reptile_5w1s_sequential_adam/README.md); a second seed decides the presets.
+# - inner_adam_mode "sequential": no effect beyond the spread at 2,000 iterations, but at the full
+#   100,000 it moved Reptile Omniglot 5-way 1-shot by +0.20 / +0.29 (seed 0) and +0.37 / +0.52
+#   (seed 1) points (+T / not), paired on 10,000 test tasks, onto the published values
+#   (results/paper_cpu/reptile_5w1s_sequential_adam/README.md) -> the paper presets set it for Reptile.
 # - eval_adam_state: both codes use "training"; "fresh" is a diagnostic only.
 # - network (issue 11, fidelity to Finn's MAML code): the conv nets of reptile_tf.networks.NETWORKS.
 #   "reptile" (default): the official Reptile code's, which this project always built. "maml": cbfinn/maml
