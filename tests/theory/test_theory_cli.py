@@ -73,3 +73,6 @@ def test_cli_combinations_checkpoint_into_the_state_and_remove_it_when_finished(
     assert sorted(p.name for p in state.iterdir()) == ["g1_k1.json", "gk_k2.json", "mean_k2.json", "settings.json",
                                                       "sum_k2.json"]
     assert removed == [state]  # finished: the state goes, and a rerun measures anew
+    readme = (out / "README.md").read_text()
+    assert "| run | start | final | gain | mean |" in readme
+    assert "| g1 alone (joint training) fails to learn" in readme  # the paper's claims, each checked

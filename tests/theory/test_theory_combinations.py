@@ -88,3 +88,45 @@ def test_a_state_made_with_other_settings_is_refused(omniglot_train_images, omni
     other = dataclasses.replace(cfg, inner_lr=0.01)
     with pytest.raises(UserError, match=r"differing: config.inner_lr\); pass another --state directory"):
         combinations.run_combinations(omniglot_train_images, omniglot_test_images, other, tmp_path)
+
+
+def _curve(combination: str, k: int, accuracies: list[float]) -> list[dict]:
+    return [{"combination": combination, "k": k, "label": combinations.label(combination, k), "iteration": 100 * i,
+             "accuracy": accuracy} for i, accuracy in enumerate(accuracies)]
+
+
+def _figure(g1_end: float, sum_ends: dict[int, float]) -> list[dict]:
+    """Curves from one initialisation (40%): g1 to `g1_end`, sum_k to `sum_ends[k]`, g_k 2 points below sum_k."""
+    rows = _curve("g1", 1, [40, 40, g1_end, g1_end])
+    for k, end in sum_ends.items():
+        rows += _curve("sum", k, [40, end - 4, end, end]) + _curve("gk", k, [40, end - 6, end - 2, end - 2])
+    return rows
+
+
+def test_curve_summaries_start_final_gain_and_mean():
+    summary = combinations.curve_summaries(_curve("sum", 2, [40, 50, 60, 70, 80, 90, 90, 92]))
+    assert summary == {"sum g1..g2 (Reptile, k=2)": {"start": 40.0, "final": 91.0, "gain": 51.0, "mean": 71.5}}
+
+
+def test_paper_claims_hold_on_curves_shaped_like_the_papers_figure():
+    claims = combinations.paper_claims(_figure(41, {2: 60, 3: 70, 4: 80}))
+    assert [c["holds"] for c in claims] == [True, True, True]
+    assert claims[0]["evidence"] == "g1 +1.0 points; the other curves +18.0 to +40.0"
+    assert claims[1]["evidence"] == "k=2 54.0% < k=3 61.5% < k=4 69.0%"
+
+
+@pytest.mark.parametrize("g1_end, sum_ends, failing", [
+    (75, {2: 60, 3: 70, 4: 80}, 0),  # g1 learns more than sum k=2
+    (41, {2: 60, 3: 80, 4: 70}, 1),  # k=4 slower than k=3
+])
+def test_paper_claims_fail_when_the_curves_disagree(g1_end, sum_ends, failing):
+    claims = combinations.paper_claims(_figure(g1_end, sum_ends))
+    assert [i for i, c in enumerate(claims) if not c["holds"]] == [failing]
+
+
+def test_the_sum_is_checked_against_the_last_gradient_alone():
+    rows = _figure(41, {2: 60, 3: 70})
+    rows = [r for r in rows if r["combination"] != "gk" or r["k"] != 3] + _curve("gk", 3, [40, 80, 80, 80])
+    claims = combinations.paper_claims(rows)
+    assert [c["holds"] for c in claims] == [True, True, False]
+    assert claims[2]["evidence"] == "k=2: sum 54.0% vs g2 52.5%; k=3: sum 61.5% vs g3 70.0%"
