@@ -6,7 +6,8 @@
   conv path has a gradient only on oneDNN and cuDNN; `models.choose_conv_path` falls back to an
   equivalent path elsewhere (oneDNN off by choice, ARM, macOS, other builds).
 - Determinism (`deterministic_runtime`) and mixed precision (`precision_policy`).
-- `runtime_info()`: all of the above as one JSON-able record for config.json, MLflow and bench;
+- `runtime_info()`: all of the above as one JSON-able record for config.json, MLflow and bench
+  (`machine_summary` makes it one line for a result file);
   `environment_info` adds the source commit (`git_commit`) and Python: a run's config.json
   `environment`.
 
@@ -91,6 +92,14 @@ def runtime_info() -> dict[str, Any]:
         "device": gpus[0].name if gpus else "CPU",
         "tensorflow": tf.__version__,
     }
+
+
+def machine_summary(info: dict[str, Any] | None = None) -> str:
+    """One line naming the machine of a result file: CPU model, CPU class, oneDNN state, device
+    (`runtime_info()` by default)."""
+    info = runtime_info() if info is None else info
+    onednn = {True: "on", False: "off"}.get(info["onednn"], "n/a")
+    return f"{info['cpu_model']}, class {info['cpu_class']}, oneDNN {onednn}, {info['device']}"
 
 
 def git_commit() -> str | None:

@@ -38,3 +38,10 @@ def test_float32_policy_says_nothing(capsys):
     with runtime.precision_policy(False):
         pass
     assert capsys.readouterr().err == ""
+
+
+def test_machine_summary_names_cpu_class_and_onednn_state():
+    info = {"cpu_model": "AMD EPYC (family 25 model 1 stepping 1)", "cpu_class": "avx2", "onednn": False,
+            "device": "CPU"}
+    assert runtime.machine_summary(info) == "AMD EPYC (family 25 model 1 stepping 1), class avx2, oneDNN off, CPU"
+    assert runtime.machine_summary(info | {"onednn": None}).endswith("oneDNN n/a, CPU")

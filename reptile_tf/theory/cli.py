@@ -21,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from reptile_tf.data.episodes import load_split  # noqa: E402
 from reptile_tf.errors import UserError  # noqa: E402
+from reptile_tf.runtime import machine_summary  # noqa: E402
 from reptile_tf.theory import combinations, report  # noqa: E402
 from reptile_tf.theory.budgets import Budget, get_budget  # noqa: E402
 from reptile_tf.theory.coefficients import coefficient_rows, collect_samples  # noqa: E402
@@ -138,7 +139,8 @@ def main(args: argparse.Namespace) -> int:
         results[part] = runners[part]()
         timings[part] = time.perf_counter() - t0
         print(f"reptile-tf theory: {part} done in {timings[part]:.0f} s", flush=True)
-    report.write_all(out, results, timings, command_line(args), time.perf_counter() - started, budget)
+    report.write_all(out, results, timings, command_line(args), time.perf_counter() - started, budget,
+                     machine_summary())
     # Finished: the curves are in gradient_combinations.csv; a later run measures anew.
     shutil.rmtree(state_dir(args), ignore_errors=True)
     print(f"reptile-tf theory: wrote {out}/README.md ({time.perf_counter() - started:.0f} s)")

@@ -32,6 +32,7 @@ from reptile_tf.errors import UserError
 from reptile_tf.io import atomic_path, read_json, write_json_atomic
 from reptile_tf.meta import InnerConfig, adapt, inner_loop, make_inner_batches, predict
 from reptile_tf.models import Model, broadcast_params, get_model
+from reptile_tf.runtime import machine_summary
 from reptile_tf.rundir import config_differences
 from reptile_tf.settings import Settings, paper_settings
 
@@ -190,10 +191,13 @@ def train_curve(model, train_step, evaluate, combination: str, k: int, cfg: Comb
         rows, params = [], model.init(cfg.seed)
     first = rows[-1]["iteration"] if rows else 0
     started = time.perf_counter() - (rows[-1]["wall_time"] if rows else 0.0)
+    # Per row: a curve resumed on another machine says which stretch ran where.
+    machine = machine_summary()
     for step in range(first, cfg.iterations + 1):
         if (step % cfg.eval_every == 0 or step == cfg.iterations) and not (rows and rows[-1]["iteration"] == step):
             rows.append({"combination": combination, "k": k, "iteration": step,
-                         "accuracy": float(evaluate(params)), "wall_time": time.perf_counter() - started})
+                         "accuracy": float(evaluate(params)), "wall_time": time.perf_counter() - started,
+                         "machine": machine})
             if state_dir:
                 write_curve(state_dir, combination, k, rows, params if step < cfg.iterations else None)
         if step < cfg.iterations:
@@ -202,7 +206,8 @@ def train_curve(model, train_step, evaluate, combination: str, k: int, cfg: Comb
 
 
 def run_combinations(train_images, test_images, cfg: CombinationConfig, state_dir: Path | None = None) -> list[dict]:
-    """All learning curves; rows: combination, k, label, iteration, accuracy (held-out, %), wall_time.
+    """All learning curves; rows: combination, k, label, iteration, accuracy (held-out, %), wall_time,
+    machine (`runtime.machine_summary` where the row was evaluated).
     With `state_dir`, every curve checkpoints there and a rerun resumes the unfinished ones."""
     if state_dir:
         open_state(Path(state_dir), state_config(cfg, train_images.shape, test_images.shape))
@@ -269,7 +274,8 @@ def paper_claims(rows: list[dict]) -> list[dict]:
         claims.append({
             "claim": "summing more inner gradients learns faster: sum g1..gk's mean accuracy rises with k",
             "holds": all(a < b for (_, a), (_, b) in zip(sums, sums[1:])),
-            "evidence": " < ".join(f"k={k} {mean:.1f}%" for k, mean in sums)})
+            "evidence": f"k={sums[0][0]} {sums[0][1]:.1f}%" + "".join(
+                f" {'<' if a < b else '>='} k={k} {b:.1f}%" for (_, a), (k, b) in zip(sums, sums[1:]))})
     pairs = [(k, mean, summary[labels[("gk", k)]]["mean"]) for k, mean in sums if ("gk", k) in labels]
     if pairs:
         claims.append({

@@ -141,11 +141,11 @@ def taylor_summary(residual_rows: list[dict]) -> list[dict]:
     return summary
 
 
-def readme_text(results: dict, timings: dict, command: str, runtime: float, budget: Budget) -> str:
+def readme_text(results: dict, timings: dict, command: str, runtime: float, budget: Budget, machine: str) -> str:
     parts = [f"# Theory checks (Reptile paper, sections 5 and 6.2)\n",
              f"Produced by:\n\n```\n{command}\n```\n",
-             f"Runtime: {runtime:.0f} s on this machine (" +
-             ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"); budget `{budget.name}`.\n"]
+             f"Runtime: {runtime:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) +
+             f"); budget `{budget.name}`. Machine: {machine}.\n"]
     if "taylor" in results:
         summary = taylor_summary(results["taylor"])
         parts.append("## 1. Leading-order expansion (`taylor.csv`, `taylor_residuals.csv`, `taylor.png`)\n\n"
@@ -210,7 +210,9 @@ def readme_text(results: dict, timings: dict, command: str, runtime: float, budg
             "steps on the support set (transductive), every "
             f"{cfg.eval_every} iterations. Accuracy % at iteration 0 (start), over the last quarter of "
             "evaluations (final), their difference (gain) and along the whole curve (mean: higher for a curve "
-            "that learns faster):\n\n" +
+            "that learns faster). The curves were evaluated on "
+            f"{'; '.join(dict.fromkeys(r.get('machine', 'an unrecorded machine') for r in rows))}"
+            " (per row: `machine` in the CSV; a resumed curve may span machines):\n\n" +
             _markdown_table(curves, [("run", "run"), ("start", "start"), ("final", "final"), ("gain", "gain"),
                                      ("mean", "mean")]) + "\n\n"
             "The paper (Fig. 4, 40,000 iterations): g1 alone (joint training) fails to learn; sums of more inner "
@@ -237,7 +239,8 @@ algorithm on the real network. `models.py` now centres the variance on the live 
 """
 
 
-def write_all(out: Path, results: dict, timings: dict, command: str, runtime: float, budget: Budget) -> None:
+def write_all(out: Path, results: dict, timings: dict, command: str, runtime: float, budget: Budget,
+              machine: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if "taylor" in results:
         write_text_atomic(out / "taylor_residuals.csv", rows_to_csv(results["taylor"]))
@@ -252,4 +255,4 @@ def write_all(out: Path, results: dict, timings: dict, command: str, runtime: fl
     if "combinations" in results:
         write_text_atomic(out / "gradient_combinations.csv", rows_to_csv(results["combinations"]))
         plot_combinations(results["combinations"], out / "gradient_combinations.png")
-    write_text_atomic(out / "README.md", readme_text(results, timings, command, runtime, budget))
+    write_text_atomic(out / "README.md", readme_text(results, timings, command, runtime, budget, machine))

@@ -6,6 +6,7 @@ import csv
 
 import pytest
 
+from reptile_tf import runtime
 from reptile_tf.cli import main
 from reptile_tf.errors import UserError
 from reptile_tf.theory.cli import parse_parts
@@ -26,6 +27,7 @@ def test_cli_smoke_synthetic(tmp_path):
     lines = readme.splitlines()
     fence = lines.index("```")
     assert fence < 6  # the exact command comes first
+    assert f"Machine: {runtime.machine_summary()}." in readme
     assert lines[fence + 1] == (f"reptile-tf theory --out {out} --budget smoke --data-dir data/tfds --seed 0 "
                                 "--parts taylor,coefficients,manifold --synthetic-only")
     taylor = _read(out / "taylor.csv")

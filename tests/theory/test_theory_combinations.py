@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from reptile_tf.data.episodes import sample_tasks
+from reptile_tf import runtime
 from reptile_tf.errors import UserError
 from reptile_tf.meta import InnerConfig, inner_loop, make_inner_batches
 from reptile_tf.models import broadcast_params, get_model
@@ -43,7 +44,7 @@ def test_outer_updates_match_the_inner_trajectory(omniglot_train_images):
 
 
 def _without_wall_time(rows):
-    return [{key: value for key, value in row.items() if key != "wall_time"} for row in rows]
+    return [{key: value for key, value in row.items() if key not in ("wall_time", "machine")} for row in rows]
 
 
 def test_an_interrupted_run_resumes_to_the_curves_of_an_uninterrupted_one(
@@ -74,8 +75,13 @@ def test_an_interrupted_run_resumes_to_the_curves_of_an_uninterrupted_one(
     rows, params, finished = combinations.read_curve(state, "gk", 2)
     assert [r["iteration"] for r in rows] == [0, 2] and params is not None and not finished
 
+    monkeypatch.setattr(combinations, "machine_summary", lambda: "the next machine")
     resumed = combinations.run_combinations(*images, cfg, state)
     assert _without_wall_time(resumed) == _without_wall_time(whole)
+    # each row says where it was evaluated: the interrupted curve spans two machines
+    here = runtime.machine_summary()
+    assert [r["machine"] for r in resumed if r["combination"] == "g1"] == [here] * 4
+    assert [r["machine"] for r in resumed if r["combination"] == "gk"] == [here] * 2 + ["the next machine"] * 2
     # every curve finished: rows only, no weights left behind
     assert sorted(p.name for p in state.iterdir()) == ["g1_k1.json", "gk_k2.json", "mean_k2.json", "settings.json",
                                                       "sum_k2.json"]
@@ -122,6 +128,11 @@ def test_paper_claims_hold_on_curves_shaped_like_the_papers_figure():
 def test_paper_claims_fail_when_the_curves_disagree(g1_end, sum_ends, failing):
     claims = combinations.paper_claims(_figure(g1_end, sum_ends))
     assert [i for i, c in enumerate(claims) if not c["holds"]] == [failing]
+
+
+def test_the_evidence_shows_where_the_sums_stop_rising():
+    claims = combinations.paper_claims(_figure(41, {2: 60, 3: 80, 4: 70}))
+    assert claims[1]["evidence"] == "k=2 54.0% < k=3 69.0% >= k=4 61.5%"
 
 
 def test_the_sum_is_checked_against_the_last_gradient_alone():
