@@ -11,6 +11,7 @@ from reptile_tf.rundir import RunRecord, read_metrics
 
 ALGORITHM_LABELS = {"maml": "MAML", "fomaml": "FOMAML", "reptile": "Reptile"}
 _COLORS = {"reptile": "tab:green", "fomaml": "tab:orange", "maml": "tab:blue"}
+_SEED_MARKERS = "osv^D"  # seeds of one algorithm share its colour
 
 
 def setting_label(ways: int, shots: int) -> str:
@@ -28,8 +29,25 @@ def moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
+# The training accuracy each algorithm optimises: MAML's "accuracy" is measured before adaptation,
+# at chance by design (labels are permuted per task), so its curve is the query accuracy after the
+# inner steps; Reptile logs only "accuracy" (its inner minibatches while it adapts).
+TRAINING_ACCURACY_KEYS = ("query_accuracy", "accuracy")
+TRAINING_ACCURACY_LABELS = {"query_accuracy": "train, after adaptation", "accuracy": "train"}
+
+
+def curve_points(metrics: list[dict]) -> tuple[str | None, list[tuple[int, float]], list[tuple[int, float]]]:
+    """(training-accuracy key, its (iteration, value) points, validation points) of one run's
+    metrics: the first key of `TRAINING_ACCURACY_KEYS` the run logged (None if neither)."""
+    key = next((k for k in TRAINING_ACCURACY_KEYS if any(m.get(k) is not None for m in metrics)), None)
+    train = [(m["iteration"], m[key]) for m in metrics if key and m.get(key) is not None]
+    val = [(m["iteration"], m["val_accuracy"]) for m in metrics if m.get("val_accuracy") is not None]
+    return key, train, val
+
+
 def plot_learning_curves(runs: list[RunRecord], dataset: str, ways: int, shots: int, path: Path) -> bool:
-    """Training (and validation, if logged) accuracy vs iteration, one line per algorithm and seed.
+    """Training (`curve_points`) and validation (if logged) accuracy vs iteration, one line per
+    algorithm and seed.
 
     Returns False (and writes nothing) when no run of this setting logged metrics.
     """
@@ -42,24 +60,25 @@ def plot_learning_curves(runs: list[RunRecord], dataset: str, ways: int, shots: 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     drew = False
     for run in sorted(selected, key=lambda r: (r.method, r.seed)):
-        metrics = read_metrics(run.path)  # accuracies in percent
-        train = [(m["iteration"], m["accuracy"]) for m in metrics if m.get("accuracy") is not None]
+        key, train, val = curve_points(read_metrics(run.path))  # accuracies in percent
         if not train:
             continue
         steps, acc = zip(*train)
         label = f"{ALGORITHM_LABELS.get(run.method, run.method)} seed {run.seed}"
         color = _COLORS.get(run.method)
-        ax.plot(steps, moving_average(list(acc), 10), color=color, lw=1, label=f"{label} (train)")
-        val = [(m["iteration"], m["val_accuracy"]) for m in metrics if m.get("val_accuracy") is not None]
+        ax.plot(steps, moving_average(list(acc), 10), color=color, lw=1,
+                label=f"{label} ({TRAINING_ACCURACY_LABELS[key]})")
         if val:
             vsteps, vacc = zip(*val)
-            ax.plot(vsteps, list(vacc), color=color, lw=1, ls="--", label=f"{label} (val)")
+            # markers: a run validates every few thousand iterations, a line alone hides one point
+            marker = _SEED_MARKERS[run.seed % len(_SEED_MARKERS)]
+            ax.plot(vsteps, list(vacc), color=color, lw=1, ls="--", marker=marker, ms=3, label=f"{label} (val)")
         drew = True
     if not drew:
         plt.close(fig)
         return False
     ax.set_xlabel("meta-iteration")
-    ax.set_ylabel("accuracy (%), moving average of 10 logs")
+    ax.set_ylabel("accuracy (%); train: moving average of 10 logs")
     ax.set_title(f"{dataset} {setting_label(ways, shots)}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

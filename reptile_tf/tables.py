@@ -6,7 +6,7 @@ below `--runs` (config.json + eval.json + metrics.jsonl, docs/interfaces.md) and
 - `table1_mini_imagenet.{md,csv}` and `table2_omniglot.{md,csv}` (the Reptile paper's Table 1
   and Table 2 shapes; a table is written only when runs of its dataset exist), each with
   `<table>_tasks.csv` beside it (per-task scores of every seed, for the paired diff),
-- `learning_curves_<dataset>_<ways>w<shots>s.png` (training accuracy per algorithm).
+- `learning_curves_<dataset>_<ways>w<shots>s.png` (training and validation accuracy per algorithm and seed, `curves.curve_points`).
 
 The CSV has one row per table cell that we measured (method x setting), with our mean, our
 95% interval, the published value, the difference, whether the published value is inside
