@@ -51,8 +51,8 @@ def cache_file() -> Path:
 
 def machine_key() -> str:
     """What decides which kernels run: CPU model, TensorFlow, oneDNN, and the device."""
-    onednn = {True: "on", False: "off", None: "n/a"}[runtime.onednn_enabled()]
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+    onednn = runtime.onednn_label(runtime.onednn_enabled())
     return f"{runtime.cpu_info()['model']} | TF {tf.__version__} | oneDNN {onednn} | {device}"
 
 

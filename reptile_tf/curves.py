@@ -32,14 +32,14 @@ def moving_average(values: list[float], window: int) -> list[float]:
 # The training accuracy each algorithm optimises: MAML's "accuracy" is measured before adaptation,
 # at chance by design (labels are permuted per task), so its curve is the query accuracy after the
 # inner steps; Reptile logs only "accuracy" (its inner minibatches while it adapts).
-TRAINING_ACCURACY_KEYS = ("query_accuracy", "accuracy")
-TRAINING_ACCURACY_LABELS = {"query_accuracy": "train, after adaptation", "accuracy": "train"}
+# Key -> legend text, in order of preference.
+TRAINING_ACCURACY = {"query_accuracy": "train, after adaptation", "accuracy": "train"}
 
 
 def curve_points(metrics: list[dict]) -> tuple[str | None, list[tuple[int, float]], list[tuple[int, float]]]:
     """(training-accuracy key, its (iteration, value) points, validation points) of one run's
-    metrics: the first key of `TRAINING_ACCURACY_KEYS` the run logged (None if neither)."""
-    key = next((k for k in TRAINING_ACCURACY_KEYS if any(m.get(k) is not None for m in metrics)), None)
+    metrics: the first key of `TRAINING_ACCURACY` the run logged (None if neither)."""
+    key = next((k for k in TRAINING_ACCURACY if any(m.get(k) is not None for m in metrics)), None)
     train = [(m["iteration"], m[key]) for m in metrics if key and m.get(key) is not None]
     val = [(m["iteration"], m["val_accuracy"]) for m in metrics if m.get("val_accuracy") is not None]
     return key, train, val
@@ -67,7 +67,7 @@ def plot_learning_curves(runs: list[RunRecord], dataset: str, ways: int, shots: 
         label = f"{ALGORITHM_LABELS.get(run.method, run.method)} seed {run.seed}"
         color = _COLORS.get(run.method)
         ax.plot(steps, moving_average(list(acc), 10), color=color, lw=1,
-                label=f"{label} ({TRAINING_ACCURACY_LABELS[key]})")
+                label=f"{label} ({TRAINING_ACCURACY[key]})")
         if val:
             vsteps, vacc = zip(*val)
             # markers: a run validates every few thousand iterations, a line alone hides one point

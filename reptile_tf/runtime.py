@@ -94,12 +94,16 @@ def runtime_info() -> dict[str, Any]:
     }
 
 
+def onednn_label(state: bool | None) -> str:
+    """'on', 'off', or 'n/a' (TensorFlow did not say) for an `onednn_enabled()` value."""
+    return {True: "on", False: "off"}.get(state, "n/a")
+
+
 def machine_summary(info: dict[str, Any] | None = None) -> str:
     """One line naming the machine of a result file: CPU model, CPU class, oneDNN state, device
     (`runtime_info()` by default)."""
     info = runtime_info() if info is None else info
-    onednn = {True: "on", False: "off"}.get(info["onednn"], "n/a")
-    return f"{info['cpu_model']}, class {info['cpu_class']}, oneDNN {onednn}, {info['device']}"
+    return f"{info['cpu_model']}, class {info['cpu_class']}, oneDNN {onednn_label(info['onednn'])}, {info['device']}"
 
 
 def git_commit() -> str | None:
