@@ -4,7 +4,8 @@
 below `--runs` (config.json + eval.json + metrics.jsonl, docs/interfaces.md) and writes:
 
 - `table1_mini_imagenet.{md,csv}` and `table2_omniglot.{md,csv}` (the Reptile paper's Table 1
-  and Table 2 shapes; a table is written only when runs of its dataset exist), each with
+  and Table 2 shapes; a table is written only when runs of its dataset exist; the Markdown lists
+  the cells of two or more seeds seed by seed below the table), each with
   `<table>_tasks.csv` beside it (per-task scores of every seed, for the paired diff),
 - `learning_curves_<dataset>_<ways>w<shots>s.png` (training and validation accuracy per algorithm and seed, `curves.curve_points`).
 
@@ -58,6 +59,11 @@ CSV_COLUMNS = (
     "ours_mean", "ours_ci95", "seeds", "tasks_per_seed", "interval_basis",
     "published_mean", "published_pm", "difference", "published_inside", "published_agrees",
 )
+# One seed's evaluation in one mode (`per_seed_frame`): what the cells combine.
+SEED_COLUMNS = (
+    "dataset", "method", "algorithm", "transductive", "ways", "shots", "seed",
+    "ours_mean", "ours_ci95", "tasks", "published_mean", "published_pm", "difference", "published_agrees",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,10 +82,12 @@ def agrees_with_published(difference: float, ours_ci95: float, published_pm: flo
     return abs(difference) <= math.hypot(ours_ci95, published_pm)
 
 
-def aggregate(runs: Iterable[RunRecord]) -> "pandas.DataFrame":  # noqa: F821
-    """One row per measured (dataset, method, ways, shots) cell, CSV_COLUMNS order."""
+def per_seed_frame(runs: Iterable[RunRecord]) -> "pandas.DataFrame":  # noqa: F821
+    """One row per evaluated (run, batch-norm mode): SEED_COLUMNS, each seed's own mean and
+    task-sampling interval beside the published value. The table cells combine these rows
+    (`aggregate`); the Markdown lists them for cells of two or more seeds."""
 
-    groups: dict[tuple, list[SeedResult]] = {}
+    rows = []
     for run in runs:
         if run.dataset not in TABLES:  # e.g. sine regression: no paper table, metric is MSE
             continue
@@ -87,15 +95,32 @@ def aggregate(runs: Iterable[RunRecord]) -> "pandas.DataFrame":  # noqa: F821
             result = run.evaluation.get(mode)
             if not result:
                 continue
-            key = (run.dataset, run.method, mode == "transductive", run.ways, run.shots)
-            groups.setdefault(key, []).append(
-                SeedResult(float(result["accuracy"]), float(result.get("ci95", 0.0)), int(result.get("tasks", 0))))
+            transductive = mode == "transductive"
+            published = PUBLISHED.get((run.method, transductive, run.dataset, run.ways, run.shots))
+            pub_mean, pub_pm = published if published else (math.nan, math.nan)
+            accuracy, ci95 = float(result["accuracy"]), float(result.get("ci95", 0.0))
+            rows.append({
+                "dataset": run.dataset, "method": method_label(run.method, transductive), "algorithm": run.method,
+                "transductive": transductive, "ways": run.ways, "shots": run.shots, "seed": run.seed,
+                "ours_mean": accuracy, "ours_ci95": ci95, "tasks": int(result.get("tasks", 0)),
+                "published_mean": pub_mean, "published_pm": pub_pm,
+                "difference": accuracy - pub_mean if published else math.nan,
+                "published_agrees": agrees_with_published(accuracy - pub_mean, ci95, pub_pm) if published else None,
+            })
+    frame = pd.DataFrame(rows, columns=list(SEED_COLUMNS))
+    return frame.sort_values(["dataset", "algorithm", "transductive", "ways", "shots", "seed"]).reset_index(drop=True)
+
+
+def aggregate(runs: Iterable[RunRecord]) -> "pandas.DataFrame":  # noqa: F821
+    """One row per measured (dataset, method, ways, shots) cell, CSV_COLUMNS order."""
+
     rows = []
-    for (dataset, algorithm, transductive, ways, shots), results in groups.items():
-        cell = combine_seeds(results)
-        published = PUBLISHED.get((algorithm, transductive, dataset, ways, shots))
-        pub_mean, pub_pm = published if published else (math.nan, math.nan)
-        inside = (abs(pub_mean - cell.mean) <= cell.ci95) if published else None
+    seeds = per_seed_frame(runs)
+    for (dataset, algorithm, transductive, ways, shots), group in seeds.groupby(
+            ["dataset", "algorithm", "transductive", "ways", "shots"], sort=False):
+        cell = combine_seeds([SeedResult(r.ours_mean, r.ours_ci95, r.tasks) for r in group.itertuples()])
+        pub_mean, pub_pm = group["published_mean"].iloc[0], group["published_pm"].iloc[0]
+        published = not math.isnan(pub_mean)
         rows.append({
             "dataset": dataset, "method": method_label(algorithm, transductive), "algorithm": algorithm,
             "transductive": transductive, "ways": ways, "shots": shots, "setting": setting_label(ways, shots),
@@ -103,7 +128,7 @@ def aggregate(runs: Iterable[RunRecord]) -> "pandas.DataFrame":  # noqa: F821
             "tasks_per_seed": cell.tasks_per_seed, "interval_basis": cell.basis,
             "published_mean": pub_mean, "published_pm": pub_pm,
             "difference": round(cell.mean - pub_mean, 4) if published else math.nan,
-            "published_inside": inside,
+            "published_inside": (abs(pub_mean - cell.mean) <= cell.ci95) if published else None,
             "published_agrees": agrees_with_published(cell.mean - pub_mean, cell.ci95, pub_pm) if published else None,
         })
     frame = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
@@ -157,8 +182,10 @@ def _format_cell(row: Any) -> str:
             f"in? {inside}; agrees? {agrees})")
 
 
-def render_markdown(frame: "pandas.DataFrame", dataset: str, command: str) -> str:  # noqa: F821
-    """The paper's table shape: methods as rows, settings as columns; '—' where not measured."""
+def render_markdown(frame: "pandas.DataFrame", dataset: str, command: str,  # noqa: F821
+                    seed_rows: "pandas.DataFrame | None" = None) -> str:  # noqa: F821
+    """The paper's table shape: methods as rows, settings as columns; '—' where not measured.
+    With `seed_rows` (`per_seed_frame`), each cell of two or more seeds is listed seed by seed below."""
     _, title, settings = TABLES[dataset]
     sub = frame[frame["dataset"] == dataset]
     lines = [
@@ -192,7 +219,30 @@ def render_markdown(frame: "pandas.DataFrame", dataset: str, command: str) -> st
                 cells.append("—")
         seed_text = ", ".join(str(s) for s in sorted(seeds)) or "—"
         lines.append(f"| {method_label(algorithm, transductive)} | " + " | ".join(cells) + f" | {seed_text} |")
+    if seed_rows is not None:
+        lines += _seed_lines(seed_rows[seed_rows["dataset"] == dataset])
     return "\n".join(lines) + "\n"
+
+
+def _seed_lines(seeds: "pandas.DataFrame") -> list[str]:  # noqa: F821
+    """Markdown lines listing each seed of the cells that combine two or more seeds."""
+    keys = ["algorithm", "transductive", "ways", "shots"]
+    multi = seeds[seeds.groupby(keys)["seed"].transform("size") >= 2]
+    if multi.empty:
+        return []
+    lines = ["", "## Seed by seed", "",
+             "The cells above that combine two or more seeds, each seed on its own: its mean over its evaluation "
+             "tasks ± the task-sampling half-width (1.96 · se), and whether that one seed agrees with the "
+             "published value by the same z-test.", "",
+             "| method | setting | seed | ours | Δ | agrees? |", "| --- | --- | --- | --- | --- | --- |"]
+    for row in multi.itertuples():
+        ours = f"{row.ours_mean:.2f} ± {row.ours_ci95:.2f}"
+        if math.isnan(row.published_mean):
+            delta, agrees = "—", "—"
+        else:
+            delta, agrees = f"{row.difference:+.2f}", "yes" if row.published_agrees else "no"
+        lines.append(f"| {row.method} | {setting_label(row.ways, row.shots)} | {row.seed} | {ours} | {delta} | {agrees} |")
+    return lines
 
 
 def write_csv_atomic(frame: "pandas.DataFrame", path: Path) -> None:  # noqa: F821
@@ -210,13 +260,14 @@ def build_tables(runs_root: str | Path, out_dir: str | Path, command: str | None
     if not evaluated:
         raise UserError(f"no evaluated Omniglot / Mini-ImageNet runs (run directories with eval.json) below {runs_root}; run "
                         "`reptile-tf evaluate RUN` first")
+    seed_rows = per_seed_frame(evaluated)
     frame = aggregate(evaluated)
     written = []
     for dataset, (stem, _, _) in TABLES.items():
         sub = frame[frame["dataset"] == dataset]
         if sub.empty:
             continue
-        write_text_atomic(out_dir / f"{stem}.md", render_markdown(frame, dataset, command))
+        write_text_atomic(out_dir / f"{stem}.md", render_markdown(frame, dataset, command, seed_rows))
         write_csv_atomic(sub, out_dir / f"{stem}.csv")
         write_csv_atomic(per_task_frame([r for r in evaluated if r.dataset == dataset]), tasks_path(out_dir / f"{stem}.csv"))
         written += [out_dir / f"{stem}.md", out_dir / f"{stem}.csv", tasks_path(out_dir / f"{stem}.csv")]
