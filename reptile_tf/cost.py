@@ -223,11 +223,11 @@ def evaluation_flops(settings: Settings, tasks: int, modes: tuple[str, ...] = EV
 JOB_STARTUP_S = 30.0
 
 # Hours of the other long jobs on the same machine class.
-# theory: smoke ~2 min (reptile_tf/theory/budgets.py); quick 147 s measured (results/theory/README.md:
-# combinations 92 s for 200 iterations); paper: the combination curves projected from a measured
-# training step and evaluation, 5.64 h on Zen 4 (results/benchmarks/avx512/theory_cost.md), the
-# other parts minutes.
-THEORY_HOURS = {"smoke": 2 / 60, "quick": 147 / 3600, "paper": 5.6}
+# theory: smoke ~2 min (reptile_tf/theory/budgets.py); quick 164 s measured at one thread beside a
+# training run (results/theory/README.md: combinations 112 s for 200 iterations); paper: the combination curves projected from a measured
+# training step and evaluation with the official commands' settings, 2.08 h at one thread on Zen 5
+# beside another run (results/benchmarks/avx512/theory_cost.md), the other parts minutes.
+THEORY_HOURS = {"smoke": 2 / 60, "quick": 164 / 3600, "paper": 2.1}
 # `reptile-tf bench --quick`: "a few minutes" (its --help); not timed, rounded up.
 BENCH_QUICK_HOURS = 0.25
 

@@ -48,14 +48,14 @@ BUDGETS = {
         omniglot_variants=("models", "softplus"), omniglot_alphas=_OMNIGLOT_ALPHAS,
         coef_tasks=32, coef_alphas=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1), bootstrap=1000,
         manifold_ks=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64), manifold_iterations=500,
-        combinations=CombinationConfig(iterations=200, eval_every=50, eval_tasks=25, eval_inner_steps=10),
+        combinations=CombinationConfig(iterations=200, eval_every=50, eval_tasks=50),
     ),
     "paper": Budget(
         "paper", toy_tasks=16, toy_alphas=_TOY_ALPHAS, omniglot_tasks=4, omniglot_ks=KS,
         omniglot_variants=("models", "softplus"), omniglot_alphas=_OMNIGLOT_ALPHAS,
         coef_tasks=256, coef_alphas=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1), bootstrap=2000,
         manifold_ks=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128), manifold_iterations=1000,
-        combinations=CombinationConfig(iterations=40_000, eval_every=1000, eval_tasks=100, eval_inner_steps=50),
+        combinations=CombinationConfig(iterations=40_000, eval_every=1000, eval_tasks=200),  # the official commands'
     ),
 }
 

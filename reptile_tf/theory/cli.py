@@ -37,7 +37,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="output directory for the CSVs, plots and README.md (default: results/theory)")
     parser.add_argument("--budget", default="quick", choices=("smoke", "quick", "paper"),
                         help="amount of work: smoke ~2 min, quick ~3-10 min on 2 CPU cores, paper = the paper's "
-                             "sizes (section 6.2: 40,000 iterations; about 5.6 h on 2 CPU cores, projected from a measured step)")
+                             "sizes (section 6.2: 40,000 iterations; about 2.1 h on one CPU core, projected from a measured step)")
     parser.add_argument("--data-dir", default="data/tfds", metavar="DIR",
                         help="prepared TFDS data holding omniglot (default: data/tfds)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")

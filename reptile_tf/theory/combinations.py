@@ -1,14 +1,16 @@
 """Check 4: outer updates built from different inner-loop gradients (paper section 6.2).
 
-Omniglot 5-shot 5-way, plain SGD (lr 0.003) in the inner loop on minibatches of 25 images
-(the whole 5-shot 5-way support set, reshuffled each step, so g_i differ only through phi_i),
-meta-batch 1. For k = 2, 3, 4 inner steps the outer update uses g_1 alone (joint training;
-independent of k, so it is run once as k = 1), g_k alone (FOMAML), sum_i g_i (Reptile) or
-mean_i g_i, as phi <- phi - outer_lr * combination; by default outer_lr = the inner lr
-(plain SGD everywhere, so "sum" with outer_lr = alpha lands exactly on the task-adapted
-weights, i.e. Reptile with outer step 1). Accuracy on fixed held-out test tasks is
-recorded along the way. The per-step gradients come from the shared inner loop
-(`reptile_tf.meta.inner_loop`).
+As the official commands (supervised-reptile README, "Comparing different inner-loop gradient
+combinations"; docs/reference.md): Omniglot 5-way, meta-batch 1, plain SGD (lr 0.003) on the
+summed minibatch loss (the Reptile code's), k inner steps on k distinct minibatches of 25 images
+(a k-step task draws 5k images per class: `--train-shots 5k`). The outer update uses g_1 alone
+(joint training; independent of k, so it is run once as k = 1), g_k alone (FOMAML, `--foml`),
+sum_i g_i (Reptile) or mean_i g_i, as phi <- phi - meta_step * lr * combination with the
+official meta step 0.25 (phi <- phi + 0.25 (phi_k - phi) for the sum; 0.25 / k for the mean).
+Accuracy on fixed held-out 5-shot test tasks after 5 SGD steps on the support set, each query
+predicted with the support set in its batch (not transductive: the commands pass no
+`--transductive`), is recorded along the way. The per-step gradients come from the shared inner
+loop (`reptile_tf.meta.inner_loop`).
 
 At the paper's budget the ten curves take hours, so each checkpoints into a state directory at
 every evaluation (`write_curve`: its rows so far and, until it finishes, its weights) and a rerun
@@ -41,16 +43,23 @@ COMBINATIONS = ("g1", "gk", "sum", "mean")
 
 @dataclass(frozen=True)
 class CombinationConfig:
+    """Defaults: the official commands' (`--sgd --seed 0 --inner-batch 25 --learning-rate 0.003
+    --meta-iters 40000 --eval-batch 25 --eval-iters 5`, `--inner-iters k --train-shots 5k
+    --meta-step 0.25`)."""
+
     iterations: int = 40_000  # paper
     eval_every: int = 1000
-    eval_tasks: int = 100
-    eval_inner_steps: int = 50
-    eval_queries: int = 5  # per class: 25 scored queries per task
+    eval_tasks: int = 200
+    eval_inner_steps: int = 5
+    # Per class. The official code scores 1 per class, each predicted with the support set in its
+    # batch (so more would not change the expected accuracy, only the memory of the evaluation).
+    eval_queries: int = 1
     ways: int = 5
-    shots: int = 5
+    shots: int = 5  # per class and inner step: a k-step training task draws k * shots per class
     inner_batch: int = 25
     inner_lr: float = 0.003
-    outer_lr: float | None = None  # None = inner_lr (plain SGD throughout)
+    meta_step: float = 0.25  # phi <- phi - meta_step * inner_lr * combination
+    loss_reduction: str = "sum"  # a key of meta.LOSS_SCALES: the Reptile code minimises the summed loss
     ks: tuple[int, ...] = (2, 3, 4)
     seed: int = 0
 
@@ -83,19 +92,21 @@ def runs(cfg: CombinationConfig) -> list[tuple[str, int]]:
 
 def _eval_settings(cfg: CombinationConfig) -> Settings:
     return paper_settings("reptile", "omniglot", cfg.ways, cfg.shots).replace(
-        inner_optimizer="sgd", inner_lr=cfg.inner_lr, eval_inner_steps=cfg.eval_inner_steps, eval_inner_batch=0)
+        inner_optimizer="sgd", inner_lr=cfg.inner_lr, eval_inner_steps=cfg.eval_inner_steps, eval_inner_batch=0,
+        loss_reduction=cfg.loss_reduction)
 
 
 def make_train_step(model: Model, train_images: tf.Tensor, k: int, cfg: CombinationConfig):
     """A compiled outer step for k inner steps; the combination is a weight tensor (one trace per k)."""
-    inner = InnerConfig(optimizer="sgd", lr=cfg.inner_lr)
-    outer_lr = cfg.inner_lr if cfg.outer_lr is None else cfg.outer_lr
+    inner = InnerConfig(optimizer="sgd", lr=cfg.inner_lr, loss_reduction=cfg.loss_reduction)
+    outer_lr = cfg.meta_step * cfg.inner_lr
 
     @tf.function
     def compiled_step(params, step, weights, images):
         seed = tf.stack([tf.constant(cfg.seed, tf.int64), tf.cast(step, tf.int64)])
         # The task stream depends on the iteration only: every run sees the same tasks (paired comparison).
-        task = sample_tasks(images, 1, cfg.ways, cfg.shots, 1, seed)
+        # k * shots images per class: every inner step its own minibatch (the official --train-shots 5k)
+        task = sample_tasks(images, 1, cfg.ways, k * cfg.shots, 0, seed)
         xs, ys = make_inner_batches(task["support_x"], task["support_y"], cfg.inner_batch, k, seed + 1)
         result = inner_loop(model, broadcast_params(params, 1), xs, ys, inner)
         update = combine(result.grads, weights)
@@ -116,7 +127,7 @@ def make_evaluate(model: Model, eval_batch: dict, cfg: CombinationConfig):
     def evaluate(params):
         task_params = adapt(model, settings, params, eval_batch["support_x"], eval_batch["support_y"],
                             tf.constant([cfg.seed, 7], tf.int64))
-        outputs = predict(model, task_params, eval_batch["support_x"], eval_batch["query_x"], transductive=True)
+        outputs = predict(model, task_params, eval_batch["support_x"], eval_batch["query_x"], transductive=False)
         return tf.reduce_mean(model.accuracy(outputs, eval_batch["query_y"]))
 
     return evaluate

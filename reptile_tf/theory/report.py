@@ -204,10 +204,12 @@ def readme_text(results: dict, timings: dict, command: str, runtime: float, budg
         claims = [claim | {"holds": "yes" if claim["holds"] else "NO"} for claim in paper_claims(rows)]
         parts.append(
             "## 4. Gradient combinations (`gradient_combinations.csv`, `gradient_combinations.png`)\n\n"
-            f"Omniglot 5-shot 5-way, inner plain SGD lr {cfg.inner_lr}, inner batch {cfg.inner_batch}, meta-batch 1, "
-            f"outer step phi -= {cfg.outer_lr or cfg.inner_lr} * combination, {cfg.iterations} iterations "
-            f"(paper: 40,000); accuracy on {cfg.eval_tasks} fixed test-split tasks ({cfg.eval_queries} queries per class) after {cfg.eval_inner_steps} SGD "
-            "steps on the support set (transductive), every "
+            f"Omniglot 5-way, the official commands' settings (docs/reference.md): inner plain SGD lr {cfg.inner_lr} on "
+            f"the {cfg.loss_reduction} of the minibatch loss, k inner steps on k distinct minibatches of {cfg.inner_batch} "
+            f"images ({cfg.shots}k images per class), meta-batch 1, outer step phi -= {cfg.meta_step} * {cfg.inner_lr} * "
+            f"combination, {cfg.iterations} iterations (paper: 40,000); accuracy on {cfg.eval_tasks} fixed "
+            f"{cfg.shots}-shot test-split tasks ({cfg.eval_queries} scored query image(s) per class) after {cfg.eval_inner_steps} SGD "
+            "steps on the support set, each query predicted in a batch with the support set (not transductive), every "
             f"{cfg.eval_every} iterations. Accuracy % at iteration 0 (start), over the last quarter of "
             "evaluations (final), their difference (gain) and along the whole curve (mean: higher for a curve "
             "that learns faster). The curves were evaluated on "

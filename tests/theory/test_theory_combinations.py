@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from reptile_tf.data.episodes import sample_tasks
+from reptile_tf.data.episodes import make_eval_episodes, sample_tasks
 from reptile_tf import runtime
 from reptile_tf.errors import UserError
-from reptile_tf.meta import InnerConfig, inner_loop, make_inner_batches
+from reptile_tf.meta import InnerConfig, inner_loop, make_inner_batches, predict, task_gradients
 from reptile_tf.models import broadcast_params, get_model
 from reptile_tf.theory import combinations
 from reptile_tf.theory.combinations import CombinationConfig, combination_weights, make_train_step
@@ -26,21 +26,55 @@ def test_outer_updates_match_the_inner_trajectory(omniglot_train_images):
     updated = {c: step(params, iteration, tf.constant(combination_weights(c, 2)))
                for c in ("g1", "gk", "sum", "mean")}
 
-    # The same task and minibatches, by hand, with the shared inner loop.
+    # The same task and minibatches, by hand, with the shared inner loop: as the official commands,
+    # 2 x 5 images per class (--train-shots 10), so each of the 2 steps has its own 25 images.
     seed = tf.constant([0, 5], tf.int64)
-    task = sample_tasks(omniglot_train_images, 1, cfg.ways, cfg.shots, 1, seed)
+    task = sample_tasks(omniglot_train_images, 1, cfg.ways, 2 * cfg.shots, 0, seed)
     xs, ys = make_inner_batches(task["support_x"], task["support_y"], cfg.inner_batch, 2, seed + 1)
-    result = inner_loop(model, broadcast_params(params, 1), xs, ys, InnerConfig(optimizer="sgd", lr=cfg.inner_lr))
+    assert xs.shape[:3] == (1, 2, 25)
+    first, second = (set(map(bytes, np.asarray(xs[0, i]).reshape(25, -1))) for i in range(2))
+    assert len(first | second) == 50  # two distinct minibatches, not one reshuffled support set
+    result = inner_loop(model, broadcast_params(params, 1), xs, ys,
+                        InnerConfig(optimizer="sgd", lr=cfg.inner_lr, loss_reduction="sum"))
     g1, g2 = result.grads
+    step = cfg.meta_step * cfg.inner_lr
     for name, value in params.items():
-        # "sum" with outer lr = inner lr lands on the adapted weights: Reptile with outer step 1.
-        np.testing.assert_allclose(updated["sum"][name], result.params[name][0], rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(updated["g1"][name], value - cfg.inner_lr * g1[name][0], rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(updated["gk"][name], value - cfg.inner_lr * g2[name][0], rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(updated["mean"][name], value - cfg.inner_lr * (g1[name][0] + g2[name][0]) / 2,
+        # "sum": the official interpolation phi + 0.25 (phi_2 - phi) towards the adapted weights
+        np.testing.assert_allclose(updated["sum"][name], value + cfg.meta_step * (result.params[name][0] - value),
+                                   rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(updated["g1"][name], value - step * g1[name][0], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(updated["gk"][name], value - step * g2[name][0], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(updated["mean"][name], value - step * (g1[name][0] + g2[name][0]) / 2,
                                    rtol=1e-4, atol=1e-6)
     # The combinations really differ (g_2 is taken after one step, so g_2 != g_1).
     assert max(float(tf.reduce_max(tf.abs(updated["g1"][n] - updated["gk"][n]))) for n in params) > 1e-6
+    # The inner loop steps on the summed minibatch loss (the Reptile code's): 25 x the mean's gradient.
+    mean_loss = inner_loop(model, broadcast_params(params, 1), xs[:, :1], ys[:, :1],
+                           InnerConfig(optimizer="sgd", lr=cfg.inner_lr, loss_reduction="mean"))
+    for name in params:
+        want = 25 * mean_loss.grads[0][name]  # float32 sums in another order: tolerance relative to the largest entry
+        np.testing.assert_allclose(g1[name], want, rtol=1e-3, atol=1e-4 * float(tf.reduce_max(tf.abs(want))))
+
+
+def test_held_out_accuracy_is_the_official_non_transductive_evaluation(omniglot_test_images):
+    # 5 SGD steps on the summed loss over the whole 25-image support set, then each query predicted
+    # in a batch with the support set (the commands pass no --transductive)
+    cfg = CombinationConfig(eval_tasks=4, eval_queries=2)
+    model = get_model("omniglot", cfg.ways)
+    episodes = make_eval_episodes(int(omniglot_test_images.shape[0]), int(omniglot_test_images.shape[1]), cfg.ways,
+                                  cfg.shots, cfg.eval_queries, cfg.seed, cfg.eval_tasks, name="omniglot/test")
+    batch = episodes.gather(omniglot_test_images)
+    params = model.init(1)
+    adapted = broadcast_params(params, cfg.eval_tasks)
+    for _ in range(cfg.eval_inner_steps):
+        grads, _, _ = task_gradients(model, adapted, batch["support_x"], batch["support_y"], loss_reduction="sum")
+        adapted = {name: value - cfg.inner_lr * grads[name] for name, value in adapted.items()}
+    want = {mode: float(tf.reduce_mean(model.accuracy(
+        predict(model, adapted, batch["support_x"], batch["query_x"], transductive=mode), batch["query_y"])))
+        for mode in (False, True)}
+    got = float(combinations.make_evaluate(model, batch, cfg)(params))
+    assert got == pytest.approx(want[False], abs=1e-6)
+    assert want[True] != pytest.approx(want[False])  # the two modes tell apart on these tasks
 
 
 def _without_wall_time(rows):
