@@ -6,7 +6,8 @@ summed minibatch loss (the Reptile code's), k inner steps on k distinct minibatc
 (a k-step task draws 5k images per class: `--train-shots 5k`). The outer update uses g_1 alone
 (joint training; independent of k, so it is run once as k = 1), g_k alone (FOMAML, `--foml`),
 sum_i g_i (Reptile) or mean_i g_i, as phi <- phi - meta_step * lr * combination with the
-official meta step 0.25 (phi <- phi + 0.25 (phi_k - phi) for the sum; 0.25 / k for the mean).
+official meta step 0.25 (phi <- phi + 0.25 (phi_k - phi) for the sum; 0.25 / k for the mean),
+annealed linearly to 0 over the iterations (`--meta-step-final 0`).
 Accuracy on fixed held-out 5-shot test tasks after 5 SGD steps on the support set, each query
 predicted with the support set in its batch (not transductive: the commands pass no
 `--transductive`), is recorded along the way. The per-step gradients come from the shared inner
@@ -44,8 +45,8 @@ COMBINATIONS = ("g1", "gk", "sum", "mean")
 @dataclass(frozen=True)
 class CombinationConfig:
     """Defaults: the official commands' (`--sgd --seed 0 --inner-batch 25 --learning-rate 0.003
-    --meta-iters 40000 --eval-batch 25 --eval-iters 5`, `--inner-iters k --train-shots 5k
-    --meta-step 0.25`)."""
+    --meta-iters 40000 --eval-batch 25 --eval-iters 5 --meta-step-final 0`, `--inner-iters k
+    --train-shots 5k --meta-step 0.25`)."""
 
     iterations: int = 40_000  # paper
     eval_every: int = 1000
@@ -58,7 +59,10 @@ class CombinationConfig:
     shots: int = 5  # per class and inner step: a k-step training task draws k * shots per class
     inner_batch: int = 25
     inner_lr: float = 0.003
-    meta_step: float = 0.25  # phi <- phi - meta_step * inner_lr * combination
+    # phi <- phi - step_i * inner_lr * combination, step_i linear from meta_step to meta_step_final
+    # over the iterations (the official train loop's `cur_meta_step_size`)
+    meta_step: float = 0.25
+    meta_step_final: float = 0.0
     loss_reduction: str = "sum"  # a key of meta.LOSS_SCALES: the Reptile code minimises the summed loss
     ks: tuple[int, ...] = (2, 3, 4)
     seed: int = 0
@@ -99,7 +103,6 @@ def _eval_settings(cfg: CombinationConfig) -> Settings:
 def make_train_step(model: Model, train_images: tf.Tensor, k: int, cfg: CombinationConfig):
     """A compiled outer step for k inner steps; the combination is a weight tensor (one trace per k)."""
     inner = InnerConfig(optimizer="sgd", lr=cfg.inner_lr, loss_reduction=cfg.loss_reduction)
-    outer_lr = cfg.meta_step * cfg.inner_lr
 
     @tf.function
     def compiled_step(params, step, weights, images):
@@ -110,6 +113,8 @@ def make_train_step(model: Model, train_images: tf.Tensor, k: int, cfg: Combinat
         xs, ys = make_inner_batches(task["support_x"], task["support_y"], cfg.inner_batch, k, seed + 1)
         result = inner_loop(model, broadcast_params(params, 1), xs, ys, inner)
         update = combine(result.grads, weights)
+        done = tf.cast(step, tf.float32) / cfg.iterations
+        outer_lr = cfg.inner_lr * (done * cfg.meta_step_final + (1.0 - done) * cfg.meta_step)
         return {name: value - outer_lr * update[name][0] for name, value in params.items()}
 
     def train_step(params, step, weights):

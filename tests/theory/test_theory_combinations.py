@@ -20,10 +20,10 @@ from reptile_tf.theory.combinations import CombinationConfig, combination_weight
 def test_outer_updates_match_the_inner_trajectory(omniglot_train_images):
     cfg = CombinationConfig(ks=(2,), seed=0)
     model = get_model("omniglot", cfg.ways)
-    step = make_train_step(model, omniglot_train_images, 2, cfg)
+    train_step = make_train_step(model, omniglot_train_images, 2, cfg)
     params = model.init(0)
     iteration = tf.constant(5, tf.int64)
-    updated = {c: step(params, iteration, tf.constant(combination_weights(c, 2)))
+    updated = {c: train_step(params, iteration, tf.constant(combination_weights(c, 2)))
                for c in ("g1", "gk", "sum", "mean")}
 
     # The same task and minibatches, by hand, with the shared inner loop: as the official commands,
@@ -37,10 +37,11 @@ def test_outer_updates_match_the_inner_trajectory(omniglot_train_images):
     result = inner_loop(model, broadcast_params(params, 1), xs, ys,
                         InnerConfig(optimizer="sgd", lr=cfg.inner_lr, loss_reduction="sum"))
     g1, g2 = result.grads
-    step = cfg.meta_step * cfg.inner_lr
+    meta_step = cfg.meta_step * (1 - 5 / cfg.iterations)  # annealed linearly to 0 (--meta-step-final 0)
+    step = meta_step * cfg.inner_lr
     for name, value in params.items():
         # "sum": the official interpolation phi + 0.25 (phi_2 - phi) towards the adapted weights
-        np.testing.assert_allclose(updated["sum"][name], value + cfg.meta_step * (result.params[name][0] - value),
+        np.testing.assert_allclose(updated["sum"][name], value + meta_step * (result.params[name][0] - value),
                                    rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(updated["g1"][name], value - step * g1[name][0], rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(updated["gk"][name], value - step * g2[name][0], rtol=1e-4, atol=1e-6)
@@ -48,6 +49,10 @@ def test_outer_updates_match_the_inner_trajectory(omniglot_train_images):
                                    rtol=1e-4, atol=1e-6)
     # The combinations really differ (g_2 is taken after one step, so g_2 != g_1).
     assert max(float(tf.reduce_max(tf.abs(updated["g1"][n] - updated["gk"][n]))) for n in params) > 1e-6
+    # ... and the outer step has annealed to 0 at the last iteration
+    final = train_step(params, tf.constant(cfg.iterations, tf.int64), tf.constant(combination_weights("sum", 2)))
+    for name, value in params.items():
+        np.testing.assert_array_equal(final[name], value)
     # The inner loop steps on the summed minibatch loss (the Reptile code's): 25 x the mean's gradient.
     mean_loss = inner_loop(model, broadcast_params(params, 1), xs[:, :1], ys[:, :1],
                            InnerConfig(optimizer="sgd", lr=cfg.inner_lr, loss_reduction="mean"))
