@@ -445,6 +445,13 @@ def sequential_inner_loops(model: Model, params: Params, xs: tf.Tensor, ys: tf.T
 # ----------------------------------------------------------------------------- outer updates
 
 
+def linear_anneal(start: float, end: float, iteration: Any, iterations: int) -> tf.Tensor:
+    """The official Reptile code's outer step schedule (`train.py`: frac_done = i / iterations;
+    cur = frac_done * end + (1 - frac_done) * start), as a float32 tensor of a traced `iteration`."""
+    frac_done = tf.cast(iteration, tf.float32) / float(iterations)
+    return frac_done * end + (1.0 - frac_done) * start
+
+
 def reptile_update(params: Params, task_params: Params, epsilon) -> Params:
     """phi + eps * mean_t(phi_t - phi): the Reptile outer step (eps annealed by the caller)."""
     return {name: value + _scalar(epsilon, value.dtype) * tf.reduce_mean(task_params[name] - value[None], axis=0)

@@ -111,12 +111,12 @@ def per_seed_frame(runs: Iterable[RunRecord]) -> "pandas.DataFrame":  # noqa: F8
     return frame.sort_values(["dataset", "algorithm", "transductive", "ways", "shots", "seed"]).reset_index(drop=True)
 
 
-def aggregate(runs: Iterable[RunRecord]) -> "pandas.DataFrame":  # noqa: F821
-    """One row per measured (dataset, method, ways, shots) cell, CSV_COLUMNS order."""
+def aggregate(seed_rows: "pandas.DataFrame") -> "pandas.DataFrame":  # noqa: F821
+    """One row per measured (dataset, method, ways, shots) cell, CSV_COLUMNS order, combining the
+    seeds of `per_seed_frame(runs)`."""
 
     rows = []
-    seeds = per_seed_frame(runs)
-    for (dataset, algorithm, transductive, ways, shots), group in seeds.groupby(
+    for (dataset, algorithm, transductive, ways, shots), group in seed_rows.groupby(
             ["dataset", "algorithm", "transductive", "ways", "shots"], sort=False):
         cell = combine_seeds([SeedResult(r.ours_mean, r.ours_ci95, r.tasks) for r in group.itertuples()])
         pub_mean, pub_pm = group["published_mean"].iloc[0], group["published_pm"].iloc[0]
@@ -261,7 +261,7 @@ def build_tables(runs_root: str | Path, out_dir: str | Path, command: str | None
         raise UserError(f"no evaluated Omniglot / Mini-ImageNet runs (run directories with eval.json) below {runs_root}; run "
                         "`reptile-tf evaluate RUN` first")
     seed_rows = per_seed_frame(evaluated)
-    frame = aggregate(evaluated)
+    frame = aggregate(seed_rows)
     written = []
     for dataset, (stem, _, _) in TABLES.items():
         sub = frame[frame["dataset"] == dataset]

@@ -255,9 +255,7 @@ def outer_lr_at(settings: Settings, iteration: Any, iterations: int | None = Non
     frac_done = i / iterations; cur = frac_done * 0 + (1 - frac_done) * initial); constant for Adam."""
     if settings.outer_optimizer != "sgd":
         return tf.constant(settings.outer_lr, tf.float32)
-    total = float(iterations or settings.iterations)
-    frac_done = tf.cast(iteration, tf.float32) / total
-    return (1.0 - frac_done) * settings.outer_lr
+    return meta.linear_anneal(settings.outer_lr, 0.0, iteration, iterations or settings.iterations)
 
 
 def task_seed(seed: int, iteration: Any) -> tf.Tensor:

@@ -33,7 +33,7 @@ import tensorflow as tf
 from reptile_tf.data.episodes import make_eval_episodes, sample_tasks
 from reptile_tf.errors import UserError
 from reptile_tf.io import atomic_path, read_json, write_json_atomic
-from reptile_tf.meta import InnerConfig, adapt, inner_loop, make_inner_batches, predict
+from reptile_tf.meta import InnerConfig, adapt, inner_loop, linear_anneal, make_inner_batches, predict
 from reptile_tf.models import Model, broadcast_params, get_model
 from reptile_tf.runtime import machine_summary
 from reptile_tf.rundir import config_differences
@@ -113,8 +113,7 @@ def make_train_step(model: Model, train_images: tf.Tensor, k: int, cfg: Combinat
         xs, ys = make_inner_batches(task["support_x"], task["support_y"], cfg.inner_batch, k, seed + 1)
         result = inner_loop(model, broadcast_params(params, 1), xs, ys, inner)
         update = combine(result.grads, weights)
-        done = tf.cast(step, tf.float32) / cfg.iterations
-        outer_lr = cfg.inner_lr * (done * cfg.meta_step_final + (1.0 - done) * cfg.meta_step)
+        outer_lr = cfg.inner_lr * linear_anneal(cfg.meta_step, cfg.meta_step_final, step, cfg.iterations)
         return {name: value - outer_lr * update[name][0] for name, value in params.items()}
 
     def train_step(params, step, weights):
