@@ -12,7 +12,9 @@ below `--runs` (config.json + eval.json + metrics.jsonl, docs/interfaces.md) and
 The CSV has one row per table cell that we measured (method x setting), with our mean, our
 95% interval, the published value, the difference, whether the published value is inside
 our interval, and whether the two agree once the published ± is counted too
-(`published_agrees`, see `agrees_with_published`). `reptile-tf tables diff OLD.csv NEW.csv --tolerance X` compares two such CSVs.
+(`published_agrees`, see `agrees_with_published`), and, where a third party reran the official code,
+those reruns' count, mean and range and whether our mean lies within it (`rerun_*`,
+`official_code_reruns`). `reptile-tf tables diff OLD.csv NEW.csv --tolerance X` compares two such CSVs.
 
 Tables read run directories only, never MLflow (the run directory is the source of truth).
 """
@@ -33,7 +35,7 @@ from reptile_tf.curves import ALGORITHM_LABELS, plot_learning_curves, setting_la
 from reptile_tf.errors import UserError
 from reptile_tf.io import atomic_path, write_text_atomic
 from reptile_tf.rundir import REPORT_MODES, RunRecord, eval_csv_name, find_runs
-from reptile_tf.settings import PUBLISHED
+from reptile_tf.settings import OFFICIAL_CODE_RERUNS, PUBLISHED
 from reptile_tf.stats import INTERVAL_METHOD, SeedResult, combine_seeds
 
 # Paper row order: MAML and FOMAML in both batch-norm modes, then Reptile in both.
@@ -44,8 +46,9 @@ TABLES = {
     "omniglot": ("table2_omniglot", "Table 2: Omniglot", ((5, 1), (5, 5), (20, 1), (20, 5))),
 }
 KEY_COLUMNS = ("dataset", "method", "ways", "shots")
-# Derived columns (functions of the compared ones) are shown by `diff` but never compared.
-DERIVED_COLUMNS = ("difference", "published_inside", "published_agrees")
+# Derived columns (functions of the compared ones and the keys) are shown by `diff` but never compared.
+DERIVED_COLUMNS = ("difference", "published_inside", "published_agrees",
+                   "rerun_runs", "rerun_mean", "rerun_min", "rerun_max", "rerun_inside")
 # Measurements: compared by --tolerance, or (ours_mean) by the paired test with --paired, where
 # ours_ci95 (an estimate of the noise itself) is not compared. Every other column is compared
 # exactly (text) or within the tolerance (numbers).
@@ -58,6 +61,7 @@ CSV_COLUMNS = (
     "dataset", "method", "algorithm", "transductive", "ways", "shots", "setting",
     "ours_mean", "ours_ci95", "seeds", "tasks_per_seed", "interval_basis",
     "published_mean", "published_pm", "difference", "published_inside", "published_agrees",
+    "rerun_runs", "rerun_mean", "rerun_min", "rerun_max", "rerun_inside",
 )
 # One seed's evaluation in one mode (`per_seed_frame`): what the cells combine.
 SEED_COLUMNS = (
@@ -80,6 +84,20 @@ def agrees_with_published(difference: float, ours_ci95: float, published_pm: flo
     half-widths of independent estimates (a two-sided z-test at 5%). `published_inside` asks more:
     it counts our noise only, as if the published mean were exact."""
     return abs(difference) <= math.hypot(ours_ci95, published_pm)
+
+
+def official_code_reruns(algorithm: str, transductive: bool, dataset: str, ways: int, shots: int,
+                         ours_mean: float) -> dict[str, Any]:
+    """The rerun_* columns of a cell: how many independent reruns of the official code
+    (`settings.OFFICIAL_CODE_RERUNS`) it has, their mean and range, and whether our mean lies
+    within that range (None without reruns)."""
+    reruns = OFFICIAL_CODE_RERUNS.get((algorithm, transductive, dataset, ways, shots), ())
+    if not reruns:
+        return {"rerun_runs": 0, "rerun_mean": math.nan, "rerun_min": math.nan, "rerun_max": math.nan,
+                "rerun_inside": None}
+    low, high = min(reruns), max(reruns)
+    return {"rerun_runs": len(reruns), "rerun_mean": round(sum(reruns) / len(reruns), 4), "rerun_min": low,
+            "rerun_max": high, "rerun_inside": low <= ours_mean <= high}
 
 
 def per_seed_frame(runs: Iterable[RunRecord]) -> "pandas.DataFrame":  # noqa: F821
@@ -130,6 +148,7 @@ def aggregate(seed_rows: "pandas.DataFrame") -> "pandas.DataFrame":  # noqa: F82
             "difference": round(cell.mean - pub_mean, 4) if published else math.nan,
             "published_inside": (abs(pub_mean - cell.mean) <= cell.ci95) if published else None,
             "published_agrees": agrees_with_published(cell.mean - pub_mean, cell.ci95, pub_pm) if published else None,
+            **official_code_reruns(algorithm, transductive, dataset, ways, shots, cell.mean),
         })
     frame = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
     order = {m: i for i, m in enumerate(METHOD_ROWS)}
@@ -219,9 +238,31 @@ def render_markdown(frame: "pandas.DataFrame", dataset: str, command: str,  # no
                 cells.append("—")
         seed_text = ", ".join(str(s) for s in sorted(seeds)) or "—"
         lines.append(f"| {method_label(algorithm, transductive)} | " + " | ".join(cells) + f" | {seed_text} |")
+    lines += _rerun_lines(sub)
     if seed_rows is not None:
         lines += _seed_lines(seed_rows[seed_rows["dataset"] == dataset])
     return "\n".join(lines) + "\n"
+
+
+def _rerun_lines(cells: "pandas.DataFrame") -> list[str]:  # noqa: F821
+    """Markdown lines setting each cell with reruns of the official code beside those reruns."""
+    cells = cells[cells["rerun_runs"] > 0]
+    if cells.empty:
+        return []
+    lines = ["", "## Against reruns of the official code", "",
+             "Independent training runs of the official code at the README's commands, by a third party "
+             "(`settings.OFFICIAL_CODE_RERUNS`, sources in docs/reference.md): their spread is the official "
+             "code's own run-to-run variation, which the published ± does not cover. Inside? = our mean lies "
+             "within the reruns' range.", "",
+             "| method | setting | ours | official code reruns | their mean | Δ (ours − their mean) | inside? |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in cells.itertuples():
+        reruns = OFFICIAL_CODE_RERUNS[(row.algorithm, bool(row.transductive), row.dataset, row.ways, row.shots)]
+        values = ", ".join(f"{v:.2f}" for v in reruns)
+        inside = "yes" if row.rerun_inside else "no"
+        lines.append(f"| {row.method} | {row.setting} | {row.ours_mean:.2f} ± {row.ours_ci95:.2f} | {values} | "
+                     f"{row.rerun_mean:.2f} | {row.ours_mean - row.rerun_mean:+.2f} | {inside} |")
+    return lines
 
 
 def _seed_lines(seeds: "pandas.DataFrame") -> list[str]:  # noqa: F821

@@ -76,7 +76,10 @@ def test_tables_values_published_and_inside_flag(tmp_path):
     assert markdown.splitlines()[0].startswith(f"<!-- Regenerate: reptile-tf tables --runs {runs}")
     assert "95.39" in markdown and "t(0.975, S-1)" in markdown
     # rows in the paper's order, all six methods, every Table 2 column
-    table, seed_section = markdown.split("## Seed by seed")
+    table, rest = markdown.split("## Against reruns of the official code")
+    reruns, seed_section = rest.split("## Seed by seed")
+    assert [line.split("|")[1].strip() for line in reruns.splitlines() if line.startswith("| R")] == [
+        "Reptile", "Reptile +T"]  # the cells with reruns, after the table, before the seeds
     methods = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][2:]
     assert methods == ["MAML", "MAML +T", "FOMAML", "FOMAML +T", "Reptile", "Reptile +T"]
     # the 3-seed Reptile cells seed by seed (MAML has one seed: not listed); 95.0 is 0.39 below
@@ -113,6 +116,30 @@ def test_maml_trained_first_order_reports_in_the_fomaml_row(tmp_path):
     per_task = pd.read_csv(out / "table2_omniglot_tasks.csv")
     assert set(per_task["method"]) == {"FOMAML +T", "MAML +T"}
     assert "Seed by seed" not in (out / "table2_omniglot.md").read_text()  # one seed a cell: nothing to list
+
+
+def test_cells_set_beside_reruns_of_the_official_code(tmp_path):
+    # Reptile 5w5s: non-transductive 99.11 inside the reruns' 98.898..99.148, transductive 99.59
+    # above their 99.52..99.534; MAML has no reruns: no rerun columns filled, not listed.
+    runs = tmp_path / "runs"
+    make_run(runs, "reptile", "omniglot", 5, 5, 0, {"non_transductive": (99.11, 0.08), "transductive": (99.59, 0.06)})
+    make_run(runs, "maml", "omniglot", 5, 5, 0, {"transductive": (99.5, 0.1)})
+    out = tmp_path / "results"
+    assert cli_main(["tables", "--runs", str(runs), "--out", str(out)]) == 0
+    frame = pd.read_csv(out / "table2_omniglot.csv").set_index("method")
+    assert frame.loc["Reptile", "rerun_runs"] == 3
+    assert frame.loc["Reptile", "rerun_mean"] == pytest.approx((98.898 + 99.01 + 99.148) / 3, abs=1e-4)
+    assert (frame.loc["Reptile", "rerun_min"], frame.loc["Reptile", "rerun_max"]) == pytest.approx((98.898, 99.148))
+    assert bool(frame.loc["Reptile", "rerun_inside"]) is True
+    assert bool(frame.loc["Reptile +T", "rerun_inside"]) is False
+    assert frame.loc["MAML +T", "rerun_runs"] == 0 and math.isnan(frame.loc["MAML +T", "rerun_mean"])
+    section = (out / "table2_omniglot.md").read_text().split("## Against reruns of the official code")[1]
+    lines = [line for line in section.splitlines() if line.startswith("| Reptile")]
+    assert lines == ["| Reptile | 5-shot 5-way | 99.11 ± 0.08 | 98.90, 99.01, 99.15 | 99.02 | +0.09 | yes |",
+                     "| Reptile +T | 5-shot 5-way | 99.59 ± 0.06 | 99.52, 99.53, 99.53 | 99.53 | +0.06 | no |"]
+    assert "MAML" not in section
+    # a reference table of its own: every rerun cell has a published value to stand beside
+    assert set(tables.OFFICIAL_CODE_RERUNS) <= set(tables.PUBLISHED)
 
 
 def test_tables_without_evaluated_runs_is_user_error(tmp_path):
