@@ -67,11 +67,13 @@ def per_task_csv(per_task: np.ndarray, settings: Settings) -> str:
 
 def evaluate_run(run_dir: Path, modes: tuple[str, ...] = EVAL_MODES, tasks: int | None = None, split: str = "test",
                  data_dir: Path | None = None, chunk_size: int | None = None, progress: bool | str = True,
-                 require_done: bool = True, conv_path: str | None = None) -> dict[str, Any]:
+                 require_done: bool = True, conv_path: str | None = None,
+                 inner_steps: int | None = None) -> dict[str, Any]:
     """Score the run's final checkpoint; write eval.json and per-task CSVs; return eval.json's content.
 
     `conv_path`: a `models.CONV_PATHS` name to force; None = the fastest measured here (`autotune`),
-    recorded in eval.json."""
+    recorded in eval.json. `inner_steps`: adaptation steps per task instead of the run's
+    `eval_inner_steps` (a protocol diagnostic), recorded in eval.json as `inner_steps`."""
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
@@ -88,6 +90,10 @@ def evaluate_run(run_dir: Path, modes: tuple[str, ...] = EVAL_MODES, tasks: int 
         raise UserError(f"{config_path} is not valid JSON ({err}); re-run `reptile-tf train`") from None
     settings = settings_from_config(config)
     settings.validate()  # a hand-edited config.json fails here, with every problem named
+    if inner_steps is not None:
+        if inner_steps < 1:
+            raise UserError(f"--inner-steps must be at least 1 (got {inner_steps})")
+        settings = settings.replace(eval_inner_steps=int(inner_steps))
     if require_done and not (run_dir / DONE_FILE).exists():
         raise UserError(f"{run_dir} has not finished training (no {DONE_FILE}); re-run the same "
                         "`reptile-tf train` command to resume it first")
@@ -155,6 +161,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-size", type=int, default=None, metavar="N",
                         help="tasks per compiled call; results do not depend on it (default: from the memory a "
                              "task needs, at most 50)")
+    parser.add_argument("--inner-steps", type=int, default=None, metavar="N",
+                        help="adaptation steps per task (default: eval_inner_steps of the run; the MAML paper "
+                             "evaluates Omniglot with 3, Finn's test() reports after each of 10); recorded in "
+                             "eval.json, which the tables read: evaluate a copy of the run to compare")
     add_conv_path_flag(parser)
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar: a plain line every 5%% (and 5 min) with the accuracy so far instead, "
@@ -164,7 +174,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     modes = EVAL_MODES if args.mode == "both" else (args.mode,)
     result = evaluate_run(args.run_dir, modes, args.tasks, args.split, args.data_dir, args.chunk_size,
-                          progress=cli_mode(args.no_progress), conv_path=requested_path(args.conv_path))
+                          progress=cli_mode(args.no_progress), conv_path=requested_path(args.conv_path),
+                          inner_steps=args.inner_steps)
     for mode in modes:
         entry = result[mode]
         name = entry["metric"]

@@ -116,6 +116,19 @@ def test_non_transductive_prediction_ignores_the_other_queries(omniglot_run, omn
     assert not np.allclose(original_t, original_nt, atol=1e-3)  # the two modes really differ
 
 
+def test_inner_steps_override_changes_the_adaptation_and_is_recorded(omniglot_run, tmp_path):
+    run = copy_run(omniglot_run, tmp_path)
+    default = evaluate.evaluate_run(run, ("non_transductive",), tasks=4, progress=False)["non_transductive"]
+    default_tasks = read_csv(run / "eval_non_transductive.csv")
+    assert cli.main(["evaluate", str(run), "--tasks", "4", "--mode", "non_transductive", "--inner-steps", "1",
+                     "--no-progress"]) == 0
+    one = json.loads((run / "eval.json").read_text())["non_transductive"]
+    assert default["inner_steps"] == 5 and one["inner_steps"] == 1
+    assert rundir.read_config(run)["eval_inner_steps"] == 5  # the run's own setting is untouched
+    # One Adam step instead of five adapts less: the per-task results differ (4 tasks x 5 queries).
+    assert read_csv(run / "eval_non_transductive.csv") != default_tasks
+
+
 def test_cli_evaluate(omniglot_run, tmp_path, capsys):
     run = copy_run(omniglot_run, tmp_path)
     assert cli.main(["evaluate", str(run), "--tasks", "4", "--mode", "non_transductive", "--no-progress"]) == 0
@@ -135,6 +148,7 @@ def _expect_user_error(run: Path, match: str, **kwargs) -> None:
 def test_bad_inputs_write_nothing(omniglot_run, tmp_path):
     run = copy_run(omniglot_run, tmp_path)
     _expect_user_error(run, "--tasks must be at least 1", tasks=0)
+    _expect_user_error(run, "--inner-steps must be at least 1", inner_steps=0, tasks=2)
     _expect_user_error(run, "unknown evaluation mode", modes=("sometimes",))
     _expect_user_error(run, "no val split|unknown split", split="val", tasks=2)
 
