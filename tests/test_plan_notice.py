@@ -73,12 +73,13 @@ def test_only_jobs_whose_outputs_are_missing_count(tmp_path):
     workdir = copy_workflow(tmp_path)
     config = ["--configfile", "workflow/config/paper_cpu.yaml"]
     notice = dry_run(workdir, *config).stderr
-    assert "preset 'paper_cpu' is a large plan" in notice and "train       9 of   9 job(s) to run" in notice
+    assert "preset 'paper_cpu' is a large plan" in notice and "train      10 of  10 job(s) to run" in notice
     assert f"theory      1 of   1 job(s) to run: ~{cost.format_hours(cost.THEORY_HOURS['paper'])}" in notice
     assert "PRESET=paper_cpu" not in notice  # not offered as the smaller preset of itself
     runs = workdir / "results/paper_cpu/runs/paper_cpu"
-    # seed 0 of every cell, seeds 1 and 2 of Reptile 1-shot and seed 1 of 5-shot (their extra_seeds)
-    seeds = {("omniglot_5w1s", "reptile"): (0, 1, 2), ("omniglot_5w5s", "reptile"): (0, 1)}
+    # seed 0 of every cell, seeds 1 and 2 of Reptile 1-shot and seed 1 of Reptile and MAML 5-shot (their extra_seeds)
+    seeds = {("omniglot_5w1s", "reptile"): (0, 1, 2), ("omniglot_5w5s", "reptile"): (0, 1),
+             ("omniglot_5w5s", "maml"): (0, 1)}
     for setting in ("omniglot_5w1s", "omniglot_5w5s"):
         for algorithm in ("reptile", "fomaml", "maml"):
             for seed in seeds.get((setting, algorithm), (0,)):
@@ -95,8 +96,8 @@ def test_only_jobs_whose_outputs_are_missing_count(tmp_path):
     # the preset's Reptile: the official summed loss and sequential inner Adam (config.yaml)
     reptile = paper_settings("reptile", "omniglot", 5, 1).replace(loss_reduction="sum", inner_adam_mode="sequential")
     hours = (cost.JOB_STARTUP_S + reptile.iterations * cost.seconds_per_iteration(reptile)) / 3600
-    assert f"train       1 of   9 job(s) to run: ~{cost.format_hours(hours)}" in notice
-    assert "evaluate    0 of   9 job(s) to run: done" in notice
+    assert f"train       1 of  10 job(s) to run: ~{cost.format_hours(hours)}" in notice
+    assert "evaluate    0 of  10 job(s) to run: done" in notice
     checkpoints = runs / "omniglot_5w1s/reptile/seed0/checkpoints"
     checkpoints.mkdir()
     (checkpoints / "ckpt-80000.index").write_text("")  # as the CheckpointManager leaves it: files, then state
