@@ -432,8 +432,9 @@ SMALLER_PRESETS = {
     "quick": (1.0, "`make reproduce` (= --configfile workflow/config/quick.yaml; the full grid at small "
                    "budgets, about 1 h on 2 cores: results/quick/README.md)"),
     "smoke": (0.1, "--configfile workflow/config/smoke.yaml (one setting, tiny budgets: minutes)"),
-    "paper_cpu": (35.0, "`make reproduce PRESET=paper_cpu` (Omniglot 5-way at the papers' budgets, seed 0, "
-                        "3 seeds of Reptile 1-shot, section 6.2: about 35 h projected)"),
+    "paper_cpu": (48.0, "`make reproduce PRESET=paper_cpu` (Omniglot 5-way at the papers' budgets, seed 0, "
+                        "3 seeds of Reptile 1-shot, 2 of Reptile and MAML 5-shot, section 6.2: about 48 h "
+                        "projected)"),
 }
 
 
