@@ -32,16 +32,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import reptile_tf  # noqa: E402,F401  (before TensorFlow: it chooses the oneDNN default)
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from reptile_tf import io, meta, runtime  # noqa: E402
 from reptile_tf.autotune import evaluation_model  # noqa: E402
-from reptile_tf.data import episodes  # noqa: E402
-from reptile_tf.data.tasks import load_images  # noqa: E402
+from reptile_tf.data.tasks import fixed_eval_episodes  # noqa: E402
 from reptile_tf.rundir import read_config, read_eval  # noqa: E402
 from reptile_tf.run_state import load_run_state  # noqa: E402
 from reptile_tf.scoring import adaptation_adam_state, adapted_query_outputs, task_seeds  # noqa: E402
-from reptile_tf.seeds import EVAL_SEED  # noqa: E402
 from reptile_tf.settings import settings_from_config  # noqa: E402
 
 MODE = "transductive"
@@ -53,12 +50,9 @@ def per_query_correct(run_dir: Path, data_dir: Path, num_tasks: int, chunk: int)
     config = read_config(run_dir)
     settings = settings_from_config(config)
     runtime.deterministic_runtime(xla=False)
-    images = tf.convert_to_tensor(load_images(settings.dataset, "test", data_dir, config.get("protocol")))
-    num_classes, per_class = int(images.shape[0]), int(images.shape[1])
-    # The fixed tasks of `reptile-tf evaluate` (`data.tasks.episode_source`), kept whole for their class indices.
-    fixed = episodes.make_eval_episodes(num_classes, per_class, settings.ways, settings.shots,
-                                        settings.eval_queries, EVAL_SEED, num_tasks,
-                                        name=f"{settings.dataset}/test")
+    # The fixed tasks of `reptile-tf evaluate`, kept whole for their class indices.
+    images, fixed, _ = fixed_eval_episodes(settings, "test", num_tasks, data_dir, config.get("protocol"))
+    num_classes = fixed.num_classes
     model = evaluation_model(settings, chunk, bool(config.get("mixed_precision")), None)
     state, _ = load_run_state(run_dir, config)
     params, opt_state = meta.params_from_state(state), adaptation_adam_state(settings, state)

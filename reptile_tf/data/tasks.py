@@ -128,6 +128,13 @@ def episode_source(settings: Settings, split: str, num_tasks: int, data_dir: Pat
                                   tf.constant([EVAL_KEY, 0], tf.int32))
         return (lambda a, b: {k: v[a:b] for k, v in tasks.items()}), {"split": "synthetic"}
 
+    images, fixed, info = fixed_eval_episodes(settings, split, num_tasks, data_dir, protocol)
+    return (lambda a, b: fixed.gather(images, a, b)), info
+
+
+def fixed_eval_episodes(settings: Settings, split: str, num_tasks: int, data_dir: Path,
+                        protocol: str | None) -> tuple[tf.Tensor, episodes.EvalEpisodes, dict[str, Any]]:
+    """(images of `split`, its fixed evaluation tasks as index arrays, info) of a real dataset."""
     if settings.dataset == "omniglot" and protocol == "reptile" and split == "val":
         raise UserError("the Reptile Omniglot protocol has no val split; use --split test "
                         "(or train with --protocol vinyals)")
@@ -137,5 +144,4 @@ def episode_source(settings: Settings, split: str, num_tasks: int, data_dir: Pat
     fixed = episodes.make_eval_episodes(num_classes, per_class, settings.ways, settings.shots,
                                         settings.eval_queries, EVAL_SEED, num_tasks,
                                         name=f"{settings.dataset}/{split}")
-    info = {"split": split, "data_digest": array_digest(images.numpy())}
-    return (lambda a, b: fixed.gather(images, a, b)), info
+    return images, fixed, {"split": split, "data_digest": array_digest(images.numpy())}
