@@ -68,12 +68,14 @@ def per_task_csv(per_task: np.ndarray, settings: Settings) -> str:
 def evaluate_run(run_dir: Path, modes: tuple[str, ...] = EVAL_MODES, tasks: int | None = None, split: str = "test",
                  data_dir: Path | None = None, chunk_size: int | None = None, progress: bool | str = True,
                  require_done: bool = True, conv_path: str | None = None,
-                 inner_steps: int | None = None) -> dict[str, Any]:
+                 inner_steps: int | None = None, rotate_classes: bool = False) -> dict[str, Any]:
     """Score the run's final checkpoint; write eval.json and per-task CSVs; return eval.json's content.
 
     `conv_path`: a `models.CONV_PATHS` name to force; None = the fastest measured here (`autotune`),
     recorded in eval.json. `inner_steps`: adaptation steps per task instead of the run's
-    `eval_inner_steps` (a protocol diagnostic), recorded in eval.json as `inner_steps`."""
+    `eval_inner_steps` (a protocol diagnostic), recorded in eval.json as `inner_steps`.
+    `rotate_classes`: Omniglot test classes turned by a random multiple of 90 degrees per task, as
+    Finn's MAML code tests (a protocol diagnostic), recorded in eval.json as `class_rotations`."""
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
@@ -111,15 +113,15 @@ def evaluate_run(run_dir: Path, modes: tuple[str, ...] = EVAL_MODES, tasks: int 
     with io.write_errors_as_user_errors(f"free disk space or fix the permissions of {run_dir}, then re-run "
                                         "`reptile-tf evaluate`"):
         return _evaluate_into(run_dir, config, settings, modes, num_tasks, split, Path(data_dir), chunk_size,
-                              progress, conv_path)
+                              progress, conv_path, rotate_classes)
 
 
 def _evaluate_into(run_dir: Path, config: dict[str, Any], settings: Settings, modes: tuple[str, ...],
                    num_tasks: int, split: str, data_dir: Path, chunk_size: int, progress: bool,
-                   conv_path: str | None) -> dict[str, Any]:
+                   conv_path: str | None, rotate_classes: bool = False) -> dict[str, Any]:
     model = evaluation_model(settings, chunk_size, bool(config.get("mixed_precision")), conv_path)
     state, iteration = load_run_state(run_dir, config)
-    get_chunk, info = episode_source(settings, split, num_tasks, data_dir, config.get("protocol"))
+    get_chunk, info = episode_source(settings, split, num_tasks, data_dir, config.get("protocol"), rotate_classes)
     computed: dict[str, tuple[dict[str, Any], str]] = {}
     with runtime.precision_policy(bool(config.get("mixed_precision"))):
         by_mode = score_chunks_by_mode(model, settings, state, get_chunk, num_tasks, modes, chunk_size, progress)
@@ -165,6 +167,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="adaptation steps per task (default: eval_inner_steps of the run; the MAML paper "
                              "evaluates Omniglot with 3, Finn's test() reports after each of 10); recorded in "
                              "eval.json, which the tables read: evaluate a copy of the run to compare")
+    parser.add_argument("--rotate-classes", action="store_true",
+                        help="Omniglot: turn each class of every task by a random multiple of 90 degrees (fixed "
+                             "by the evaluation seed), as Finn's MAML code tests; recorded in eval.json, which the "
+                             "tables read: evaluate a copy of the run to compare")
     add_conv_path_flag(parser)
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar: a plain line every 5%% (and 5 min) with the accuracy so far instead, "
@@ -175,7 +181,7 @@ def main(args: argparse.Namespace) -> int:
     modes = EVAL_MODES if args.mode == "both" else (args.mode,)
     result = evaluate_run(args.run_dir, modes, args.tasks, args.split, args.data_dir, args.chunk_size,
                           progress=cli_mode(args.no_progress), conv_path=requested_path(args.conv_path),
-                          inner_steps=args.inner_steps)
+                          inner_steps=args.inner_steps, rotate_classes=args.rotate_classes)
     for mode in modes:
         entry = result[mode]
         name = entry["metric"]

@@ -34,7 +34,8 @@ What a seed run holds:
   fractions in metrics.jsonl, read in percent through `reptile_tf.rundir`; `test_accuracy_<mode>`
   and `test_ci95_<mode>` come from eval.json in percent); `test_mse_<mode>` for sine;
 - evaluation settings as params: `test_tasks_<mode>`, `test_inner_steps_<mode>`, `test_split_<mode>`,
-  `test_checkpoint_iteration_<mode>`; every hyperparameter and run option as params;
+  `test_checkpoint_iteration_<mode>`, and `test_class_rotations_<mode>` when the test classes were
+  rotated (`evaluate --rotate-classes`); every hyperparameter and run option as params;
 - MLflow's source tags: `mlflow.source.git.commit` is the commit config.json's `environment`
   recorded at training time (tag `reptile_tf.source_commit_from` = `config.json`), else the
   HEAD of this checkout at tracking time (`tracking-time HEAD`); a `-dirty` suffix becomes
@@ -324,7 +325,7 @@ def eval_params(run: RunRecord) -> dict[str, str]:
     for mode in REPORT_MODES:
         result = run.evaluation.get(mode) or {}
         for key, name in (("tasks", "tasks"), ("inner_steps", "inner_steps"), ("split", "split"),
-                          ("checkpoint_iteration", "checkpoint_iteration")):
+                          ("class_rotations", "class_rotations"), ("checkpoint_iteration", "checkpoint_iteration")):
             if result.get(key) is not None:
                 params[f"test_{name}_{mode}"] = str(result[key])
     return params

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from reptile_tf import cli, evaluate, meta, rundir, scoring, train
-from reptile_tf.data.tasks import episode_source
+from reptile_tf.data.tasks import CLASS_ROTATIONS, episode_source
 from reptile_tf.errors import UserError
 from reptile_tf.run_state import build_model, load_run_state
 from reptile_tf.seeds import EVAL_SEED
@@ -127,6 +127,24 @@ def test_inner_steps_override_changes_the_adaptation_and_is_recorded(omniglot_ru
     assert rundir.read_config(run)["eval_inner_steps"] == 5  # the run's own setting is untouched
     # One Adam step instead of five adapts less: the per-task results differ (4 tasks x 5 queries).
     assert read_csv(run / "eval_non_transductive.csv") != default_tasks
+
+
+def test_rotate_classes_turns_the_test_classes_and_is_recorded(omniglot_run, tmp_path):
+    run = copy_run(omniglot_run, tmp_path)
+    default = evaluate.evaluate_run(run, ("transductive",), tasks=20, progress=False)["transductive"]
+    default_tasks = read_csv(run / "eval_transductive.csv")
+    assert "class_rotations" not in default
+    assert cli.main(["evaluate", str(run), "--tasks", "20", "--mode", "transductive", "--rotate-classes",
+                     "--no-progress"]) == 0
+    rotated = json.loads((run / "eval.json").read_text())["transductive"]
+    assert rotated["class_rotations"] == CLASS_ROTATIONS and rotated["tasks"] == 20
+    assert read_csv(run / "eval_transductive.csv") != default_tasks  # other images, other scores
+
+
+def test_rotate_classes_is_refused_off_omniglot(tmp_path):
+    settings = train.resolve_settings("reptile", "sine", 1, 5, {})
+    with pytest.raises(UserError, match="Omniglot test protocol.*drop --rotate-classes"):
+        episode_source(settings, "test", 2, tmp_path, None, rotate_classes=True)
 
 
 def test_cli_evaluate(omniglot_run, tmp_path, capsys):

@@ -489,3 +489,15 @@ def test_logged_model_loads_back_and_scores_episodes_as_evaluate_does(evaluated_
         i = 7
         alone = model.predict({k: v[i:i + 1] for k, v in inputs.items()}, params={"mode": mode, "first_task": i})
         assert alone[0].tolist() == labels[i].tolist()
+
+
+def test_eval_params_name_how_the_test_was_run_and_the_class_rotations_only_when_used():
+    from types import SimpleNamespace
+    plain = {"tasks": 600, "inner_steps": 3, "split": "test", "checkpoint_iteration": 60000}
+    run = SimpleNamespace(evaluation={"transductive": dict(plain, class_rotations="random quarter turn"),
+                                      "non_transductive": plain})
+    params = tracking.eval_params(run)
+    assert params["test_class_rotations_transductive"] == "random quarter turn"
+    assert "test_class_rotations_non_transductive" not in params
+    assert (params["test_tasks_non_transductive"], params["test_inner_steps_non_transductive"],
+            params["test_checkpoint_iteration_transductive"]) == ("600", "3", "60000")

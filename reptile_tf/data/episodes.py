@@ -386,8 +386,23 @@ class EvalEpisodes:
             raise UserError(f"cannot read evaluation episodes from {path} ({err}); delete it to regenerate") from err
         return cls(**meta, **arrays)
 
-    def gather(self, images, start: int = 0, stop: int | None = None) -> dict:
-        """The Episodes dict of tasks [start, stop) from `images` (one vectorised gather each)."""
+    def class_rotations(self) -> np.ndarray:
+        """int32 [count, ways]: quarter turns (0-3) for each class of each task, for `gather(rotate=True)`.
+
+        Finn's MAML code tests Omniglot on characters each rotated by a random multiple of 90
+        degrees per task (`data_generator.py`); the Reptile code does not rotate test classes.
+        Drawn from the fifth child of the tasks' seed sequence (the tasks use the first four),
+        row by row, so the first n tasks' rotations do not depend on the count either.
+        """
+        child = _eval_seed_sequence(self.num_classes, self.images_per_class, self.ways, self.shots,
+                                    self.queries, self.seed, self.name).spawn(5)[4]
+        return np.random.default_rng(child).integers(0, 4, size=(len(self), self.ways)).astype(np.int32)
+
+    def gather(self, images, start: int = 0, stop: int | None = None, rotate: bool = False) -> dict:
+        """The Episodes dict of tasks [start, stop) from `images` (one vectorised gather each).
+
+        `rotate`: each class of a task turned counter-clockwise by its `class_rotations()`,
+        support and query alike (square images only)."""
         import tensorflow as tf
 
         images = tf.convert_to_tensor(images)
@@ -397,12 +412,32 @@ class EvalEpisodes:
                 f"these evaluation episodes index a split of {self.num_classes} classes x {self.images_per_class} "
                 f"images, but the images given are {shape[0]} x {shape[1]}; regenerate the episodes for this split")
         sl = slice(start, stop)
-        return {
+        tasks = {
             "support_x": gather_images(images, self.support_class[sl], self.support_image[sl]),
             "support_y": tf.constant(self.support_y[sl]),
             "query_x": gather_images(images, self.query_class[sl], self.query_image[sl]),
             "query_y": tf.constant(self.query_y[sl]),
         }
+        if rotate:
+            if images.shape[2] != images.shape[3]:
+                raise UserError(f"--rotate-classes needs square images; {self.name} images are "
+                                f"{images.shape[2]} x {images.shape[3]}")
+            turns = tf.constant(self.class_rotations()[sl])
+            for part in ("support", "query"):
+                tasks[f"{part}_x"] = rotate_by_label(tasks[f"{part}_x"], tasks[f"{part}_y"], turns)
+        return tasks
+
+
+def rotate_by_label(x, y, turns):
+    """x [T, n, H, W, C] with image i of task t turned counter-clockwise by turns[t, y[t, i]]
+    quarter turns (as `np.rot90(image, k, axes=(0, 1))`)."""
+    import tensorflow as tf
+
+    quarter = [x]
+    for _ in range(3):  # one more quarter turn: flip the columns, then swap rows and columns
+        quarter.append(tf.transpose(tf.reverse(quarter[-1], axis=[3]), [0, 1, 3, 2, 4]))
+    per_image = tf.gather(turns, y, batch_dims=1)  # [T, n]
+    return tf.gather(tf.stack(quarter, axis=2), per_image, batch_dims=2)
 
 
 def _eval_seed_sequence(num_classes, images_per_class, ways, shots, queries, seed, name) -> np.random.SeedSequence:

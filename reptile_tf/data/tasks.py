@@ -120,16 +120,27 @@ def make_task_source(settings: Settings, data_dir: Path | None, protocol: str,
     )
 
 
+# eval.json's record of `rotate_classes` (Finn's MAML Omniglot test protocol)
+CLASS_ROTATIONS = "random quarter turn per class and task"
+
+
 def episode_source(settings: Settings, split: str, num_tasks: int, data_dir: Path,
-                   protocol: str | None) -> tuple[ChunkGetter, dict[str, Any]]:
-    """(get_chunk(start, stop) -> Episodes, info) for the fixed evaluation tasks of `split`."""
+                   protocol: str | None, rotate_classes: bool = False) -> tuple[ChunkGetter, dict[str, Any]]:
+    """(get_chunk(start, stop) -> Episodes, info) for the fixed evaluation tasks of `split`.
+
+    `rotate_classes`: Omniglot only; see `EvalEpisodes.class_rotations`."""
+    if rotate_classes and settings.dataset != "omniglot":
+        raise UserError(f"--rotate-classes is the MAML code's Omniglot test protocol; {settings.dataset} "
+                        "tasks are evaluated unrotated (drop --rotate-classes)")
     if settings.synthetic:
         tasks = sample_sine_tasks(num_tasks, settings.shots, settings.eval_queries,
                                   tf.constant([EVAL_KEY, 0], tf.int32))
         return (lambda a, b: {k: v[a:b] for k, v in tasks.items()}), {"split": "synthetic"}
 
     images, fixed, info = fixed_eval_episodes(settings, split, num_tasks, data_dir, protocol)
-    return (lambda a, b: fixed.gather(images, a, b)), info
+    if rotate_classes:
+        info["class_rotations"] = CLASS_ROTATIONS
+    return (lambda a, b: fixed.gather(images, a, b, rotate=rotate_classes)), info
 
 
 def fixed_eval_episodes(settings: Settings, split: str, num_tasks: int, data_dir: Path,

@@ -217,6 +217,37 @@ def test_gather_refuses_images_of_another_split(traced_images):
         episodes.gather(traced_images, 0, 1)
 
 
+def test_class_rotations_are_fixed_quarter_turns_and_the_first_tasks_do_not_depend_on_count():
+    short, long = make(count=5).class_rotations(), make(count=3000).class_rotations()
+    assert short.shape == (5, 5) and long.shape == (3000, 5) and short.dtype == np.int32
+    np.testing.assert_array_equal(short, long[:5])
+    np.testing.assert_array_equal(long, make(count=3000).class_rotations())
+    assert set(np.unique(long)) == {0, 1, 2, 3}
+    assert np.all(np.abs(np.bincount(long.ravel()) / long.size - 0.25) < 0.02)  # uniform
+    assert not np.array_equal(long, make(count=3000, seed=10).class_rotations())
+
+
+def test_rotated_gather_turns_each_class_of_a_task_by_its_quarter_turns():
+    rng = np.random.default_rng(3)
+    images = tf.constant(rng.integers(0, 256, size=(NUM_CLASSES, PER_CLASS, 4, 4, 1)), tf.uint8)
+    episodes = make()
+    plain, rotated = episodes.gather(images, 3, 20), episodes.gather(images, 3, 20, rotate=True)
+    turns = episodes.class_rotations()[3:20]
+    for part in ("support", "query"):
+        np.testing.assert_array_equal(rotated[f"{part}_y"].numpy(), plain[f"{part}_y"].numpy())
+        x, y = plain[f"{part}_x"].numpy(), plain[f"{part}_y"].numpy()
+        want = np.stack([np.stack([np.rot90(x[t, i], turns[t, y[t, i]], axes=(0, 1)) for i in range(x.shape[1])])
+                         for t in range(x.shape[0])])
+        np.testing.assert_array_equal(rotated[f"{part}_x"].numpy(), want)
+        assert not np.array_equal(rotated[f"{part}_x"].numpy(), x)
+
+
+def test_rotated_gather_refuses_non_square_images():
+    images = tf.zeros((NUM_CLASSES, PER_CLASS, 2, 3, 1), tf.uint8)
+    with pytest.raises(UserError, match="square images"):
+        make().gather(images, 0, 2, rotate=True)
+
+
 def test_eval_episodes_on_real_omniglot_test(omniglot_test_images):
     episodes = E.make_eval_episodes(423, 20, 20, 5, 1, seed=0, count=100, name="omniglot/test")
     with warnings.catch_warnings():
