@@ -166,11 +166,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inner-steps", type=int, default=None, metavar="N",
                         help="adaptation steps per task (default: eval_inner_steps of the run; the MAML paper "
                              "evaluates Omniglot with 3, Finn's test() reports after each of 10); recorded in "
-                             "eval.json, which the tables read: evaluate a copy of the run to compare")
+                             "eval.json, which `reptile-tf tables` then refuses: evaluate a copy of the run")
     parser.add_argument("--rotate-classes", action="store_true",
                         help="Omniglot: turn each class of every task by a random multiple of 90 degrees (fixed "
-                             "by the evaluation seed), as Finn's MAML code tests; recorded in eval.json, which the "
-                             "tables read: evaluate a copy of the run to compare")
+                             "by the evaluation seed), as Finn's MAML code tests; recorded in eval.json, which "
+                             "`reptile-tf tables` then refuses: evaluate a copy of the run")
     add_conv_path_flag(parser)
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar: a plain line every 5%% (and 5 min) with the accuracy so far instead, "

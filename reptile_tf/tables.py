@@ -100,6 +100,32 @@ def official_code_reruns(algorithm: str, transductive: bool, dataset: str, ways:
             "rerun_max": high, "rerun_inside": low <= ours_mean <= high}
 
 
+def protocol_diagnostic(run: RunRecord, result: dict[str, Any]) -> str | None:
+    """Why one eval.json entry is not on the tables' test protocol (the run's own evaluation
+    settings on the test split, classes unrotated), or None when it is."""
+    if result.get("split", "test") != "test":
+        return f"tasks of the {result['split']} split (evaluate --split)"
+    if result.get("class_rotations"):
+        return "rotated test classes (evaluate --rotate-classes)"
+    steps, own = result.get("inner_steps"), run.config.get("eval_inner_steps")
+    if steps is not None and own is not None and int(steps) != int(own):
+        return f"{steps} inner steps instead of the run's {own} (evaluate --inner-steps)"
+    return None
+
+
+def check_test_protocol(runs: Iterable[RunRecord]) -> None:
+    """UserError naming the first run whose eval.json is a protocol diagnostic: a table cell
+    must not mix protocols silently."""
+    for run in runs:
+        for mode in REPORT_MODES:
+            result = run.evaluation.get(mode)
+            why = protocol_diagnostic(run, result) if result else None
+            if why:
+                raise UserError(f"{run.path}/eval.json ({mode}) was computed on {why}, not the tables' test "
+                                f"protocol; re-run `reptile-tf evaluate {run.path}` without that option "
+                                "(evaluate a copy of the run for a diagnostic)")
+
+
 def per_seed_frame(runs: Iterable[RunRecord]) -> "pandas.DataFrame":  # noqa: F821
     """One row per evaluated (run, batch-norm mode): SEED_COLUMNS, each seed's own mean and
     task-sampling interval beside the published value. The table cells combine these rows
@@ -301,6 +327,7 @@ def build_tables(runs_root: str | Path, out_dir: str | Path, command: str | None
     if not evaluated:
         raise UserError(f"no evaluated Omniglot / Mini-ImageNet runs (run directories with eval.json) below {runs_root}; run "
                         "`reptile-tf evaluate RUN` first")
+    check_test_protocol(evaluated)
     seed_rows = per_seed_frame(evaluated)
     frame = aggregate(seed_rows)
     written = []

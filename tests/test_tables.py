@@ -150,6 +150,26 @@ def test_tables_without_evaluated_runs_is_user_error(tmp_path):
     assert cli_main(["tables", "--runs", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
 
 
+@pytest.mark.parametrize("entry,why", [
+    ({"class_rotations": "random quarter turn per class and task"}, "rotated test classes"),
+    ({"inner_steps": 10}, "10 inner steps instead of the run's 50"),
+    ({"split": "train"}, "tasks of the train split"),
+])
+def test_tables_refuse_an_evaluation_off_the_test_protocol(tmp_path, entry, why):
+    runs = tmp_path / "runs"
+    make_run(runs, "reptile", "omniglot", 5, 1, 0, {"transductive": (97.0, 0.3)})
+    run = make_run(runs, "maml", "omniglot", 5, 5, 0, {"transductive": (99.6, 0.1)})
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps(dict(config, eval_inner_steps=50)))
+    assert tables.build_tables(runs, tmp_path / "ok")  # inner_steps 50 = the run's own: on the protocol
+    evaluation = json.loads((run / "eval.json").read_text())
+    evaluation["transductive"].update(entry)
+    (run / "eval.json").write_text(json.dumps(evaluation))
+    with pytest.raises(UserError, match=f"{why}.*re-run `reptile-tf evaluate {run}` without that option"):
+        tables.build_tables(runs, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def _table(tmp_path: Path, name: str, rows: list[tuple[str, int, float, float]]) -> Path:
     frame = pd.DataFrame([{"dataset": "omniglot", "method": m, "algorithm": "reptile", "transductive": False,
                            "ways": 5, "shots": s, "setting": f"{s}-shot 5-way", "ours_mean": mean,
