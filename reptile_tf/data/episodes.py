@@ -420,7 +420,7 @@ class EvalEpisodes:
         }
         if rotate:
             if images.shape[2] != images.shape[3]:
-                raise UserError(f"--rotate-classes needs square images; {self.name} images are "
+                raise UserError(f"rotating classes needs square images; {self.name} images are "
                                 f"{images.shape[2]} x {images.shape[3]}")
             turns = tf.constant(self.class_rotations()[sl])
             for part in ("support", "query"):
