@@ -146,6 +146,52 @@ def test_maml_meta_gradient_matches_central_finite_differences(arch):
         assert abs(first_order - finite_difference) > 100 * abs(analytic - finite_difference)
 
 
+def test_maml_at_the_paper_5_way_5_shot_configuration_is_finns_loss_and_its_exact_gradient():
+    """The paper_cpu MAML 5-way 5-shot cell as trained (Finn's network, his inner loss scale, one
+    SGD step of 0.4, 25 support and 25 query images per task: batch norm over 25 images),
+    against his loss written out here: inner loss = sum over the support of cross-entropy / K,
+    batch-norm offsets not adapted, query loss averaged over the tasks; its gradient by nested
+    tapes. (Central differences agree only between ReLU kinks at this scale: with his N(0, 1)
+    dense kernel the step is large, so they are not the reference here; the finite-difference
+    test above covers the second-order path on smaller tasks.)"""
+    settings = paper_settings("maml", "omniglot", 5, 5).replace(network="maml", loss_reduction="sum_per_shot")
+    assert (settings.inner_steps, settings.inner_lr, settings.train_shots, settings.queries) == (1, 0.4, 5, 5)
+    cfg = meta.InnerConfig.from_settings(settings)
+    model = get_model("omniglot", 5, network="maml")
+    phi = model.init(7, dtype=tf.float64)
+    batch = _to64(_classification_batch(2, 5, 5, 5, seed=44))
+    xs, ys = meta.make_inner_batches(batch["support_x"], batch["support_y"], 0, 1, tf.constant([0, 0]))
+    grad, _, query_losses, _ = meta.maml_meta_gradient(model, phi, xs, ys, batch["query_x"], batch["query_y"], cfg)
+
+    def finn_meta_loss(params):
+        losses = []
+        for t in range(2):
+            task = {k: v[None] for k, v in params.items()}
+            with tf.GradientTape() as tape:
+                tape.watch(task)
+                logits = model.apply(task, batch["support_x"][t : t + 1])
+                xent = tf.nn.sparse_softmax_cross_entropy_with_logits(batch["support_y"][t : t + 1], logits)
+                inner = tf.reduce_sum(xent / 5.0)
+            step = tape.gradient(inner, task)
+            task = {k: v if k in model.inner_frozen else v - 0.4 * step[k] for k, v in task.items()}
+            logits = model.apply(task, batch["query_x"][t : t + 1])
+            losses.append(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(batch["query_y"][t : t + 1],
+                                                                                         logits)))
+        return tf.reduce_mean(tf.stack(losses))
+
+    with tf.GradientTape() as outer:
+        outer.watch(phi)
+        want_loss = finn_meta_loss(phi)
+    want = outer.gradient(want_loss, phi)
+    assert float(tf.reduce_mean(query_losses)) == pytest.approx(float(want_loss), rel=1e-12)
+    _assert_params_close(grad, want, rtol=1e-8, atol=1e-12)
+    first_order, *_ = meta.maml_meta_gradient(model, phi, xs, ys, batch["query_x"], batch["query_y"],
+                                             meta.InnerConfig.from_settings(settings.replace(first_order=True)))
+    # the comparison can tell: without the second-order terms the gradient is far from his
+    assert max(float(tf.reduce_max(tf.abs(first_order[k] - want[k]))) for k in want) > \
+        1e3 * max(float(tf.reduce_max(tf.abs(grad[k] - want[k]))) for k in want)
+
+
 def test_first_order_maml_gradient_is_query_gradient_at_adapted_params():
     model = get_model("omniglot", 3)
     phi = model.init(2)
