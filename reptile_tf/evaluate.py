@@ -118,7 +118,7 @@ def evaluate_run(run_dir: Path, modes: tuple[str, ...] = EVAL_MODES, tasks: int 
 
 def _evaluate_into(run_dir: Path, config: dict[str, Any], settings: Settings, modes: tuple[str, ...],
                    num_tasks: int, split: str, data_dir: Path, chunk_size: int, progress: bool,
-                   conv_path: str | None, rotate_classes: bool = False) -> dict[str, Any]:
+                   conv_path: str | None, rotate_classes: bool) -> dict[str, Any]:
     model = evaluation_model(settings, chunk_size, bool(config.get("mixed_precision")), conv_path)
     state, iteration = load_run_state(run_dir, config)
     get_chunk, info = episode_source(settings, split, num_tasks, data_dir, config.get("protocol"), rotate_classes)

@@ -387,7 +387,7 @@ class EvalEpisodes:
         return cls(**meta, **arrays)
 
     def class_rotations(self) -> np.ndarray:
-        """int32 [count, ways]: quarter turns (0-3) for each class of each task, for `gather(rotate=True)`.
+        """int32 [count, ways]: quarter turns (0-3) for each class of each task, for `gather(rotations=...)`.
 
         Finn's MAML code tests Omniglot on characters each rotated by a random multiple of 90
         degrees per task (`data_generator.py`); the Reptile code does not rotate test classes.
@@ -398,11 +398,11 @@ class EvalEpisodes:
                                     self.queries, self.seed, self.name).spawn(5)[4]
         return np.random.default_rng(child).integers(0, 4, size=(len(self), self.ways)).astype(np.int32)
 
-    def gather(self, images, start: int = 0, stop: int | None = None, rotate: bool = False) -> dict:
+    def gather(self, images, start: int = 0, stop: int | None = None, rotations: np.ndarray | None = None) -> dict:
         """The Episodes dict of tasks [start, stop) from `images` (one vectorised gather each).
 
-        `rotate`: each class of a task turned counter-clockwise by its `class_rotations()`,
-        support and query alike (square images only)."""
+        `rotations`: `class_rotations()` (drawn once by the caller, sliced here): each class of a
+        task turned counter-clockwise by its quarter turns, support and query alike (square images only)."""
         import tensorflow as tf
 
         images = tf.convert_to_tensor(images)
@@ -418,11 +418,11 @@ class EvalEpisodes:
             "query_x": gather_images(images, self.query_class[sl], self.query_image[sl]),
             "query_y": tf.constant(self.query_y[sl]),
         }
-        if rotate:
+        if rotations is not None:
             if images.shape[2] != images.shape[3]:
                 raise UserError(f"rotating classes needs square images; {self.name} images are "
                                 f"{images.shape[2]} x {images.shape[3]}")
-            turns = tf.constant(self.class_rotations()[sl])
+            turns = tf.constant(rotations[sl])
             for part in ("support", "query"):
                 tasks[f"{part}_x"] = rotate_by_label(tasks[f"{part}_x"], tasks[f"{part}_y"], turns)
         return tasks

@@ -138,9 +138,11 @@ def episode_source(settings: Settings, split: str, num_tasks: int, data_dir: Pat
         return (lambda a, b: {k: v[a:b] for k, v in tasks.items()}), {"split": "synthetic"}
 
     images, fixed, info = fixed_eval_episodes(settings, split, num_tasks, data_dir, protocol)
+    rotations = None
     if rotate_classes:
+        rotations = fixed.class_rotations()  # once, not per chunk
         info["class_rotations"] = CLASS_ROTATIONS
-    return (lambda a, b: fixed.gather(images, a, b, rotate=rotate_classes)), info
+    return (lambda a, b: fixed.gather(images, a, b, rotations=rotations)), info
 
 
 def fixed_eval_episodes(settings: Settings, split: str, num_tasks: int, data_dir: Path,

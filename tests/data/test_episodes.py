@@ -231,7 +231,7 @@ def test_rotated_gather_turns_each_class_of_a_task_by_its_quarter_turns():
     rng = np.random.default_rng(3)
     images = tf.constant(rng.integers(0, 256, size=(NUM_CLASSES, PER_CLASS, 4, 4, 1)), tf.uint8)
     episodes = make()
-    plain, rotated = episodes.gather(images, 3, 20), episodes.gather(images, 3, 20, rotate=True)
+    plain, rotated = episodes.gather(images, 3, 20), episodes.gather(images, 3, 20, rotations=episodes.class_rotations())
     turns = episodes.class_rotations()[3:20]
     for part in ("support", "query"):
         np.testing.assert_array_equal(rotated[f"{part}_y"].numpy(), plain[f"{part}_y"].numpy())
@@ -245,7 +245,7 @@ def test_rotated_gather_turns_each_class_of_a_task_by_its_quarter_turns():
 def test_rotated_gather_refuses_non_square_images():
     images = tf.zeros((NUM_CLASSES, PER_CLASS, 2, 3, 1), tf.uint8)
     with pytest.raises(UserError, match="square images"):
-        make().gather(images, 0, 2, rotate=True)
+        make().gather(images, 0, 2, rotations=make().class_rotations())
 
 
 def test_eval_episodes_on_real_omniglot_test(omniglot_test_images):
