@@ -22,7 +22,7 @@ import numpy as np
 from reptile_tf import io, runtime
 from reptile_tf.autotune import add_conv_path_flag, evaluation_model, requested_path
 from reptile_tf.datasets import DEFAULT_DATA_DIR
-from reptile_tf.data.tasks import episode_source
+from reptile_tf.data.tasks import check_omniglot_recipe, episode_source
 from reptile_tf.errors import UserError
 from reptile_tf.progress import cli_mode
 from reptile_tf.rundir import (CONFIG_FILE, DONE_FILE, ENVIRONMENT_KEY, EVAL_FILE, EVAL_MODES, eval_csv_name,
@@ -122,6 +122,8 @@ def _evaluate_into(run_dir: Path, config: dict[str, Any], settings: Settings, mo
     model = evaluation_model(settings, chunk_size, bool(config.get("mixed_precision")), conv_path)
     state, iteration = load_run_state(run_dir, config)
     get_chunk, info = episode_source(settings, split, num_tasks, data_dir, config.get("protocol"), rotate_classes)
+    if settings.dataset == "omniglot":
+        check_omniglot_recipe(config.get("data", {}), data_dir)
     computed: dict[str, tuple[dict[str, Any], str]] = {}
     with runtime.precision_policy(bool(config.get("mixed_precision"))):
         by_mode = score_chunks_by_mode(model, settings, state, get_chunk, num_tasks, modes, chunk_size, progress)

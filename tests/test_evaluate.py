@@ -43,6 +43,17 @@ def read_csv(path: Path) -> list[float]:
     return [float(r["accuracy"]) for r in rows]
 
 
+def test_evaluate_refuses_omniglot_prepared_otherwise_than_the_run_trained_on(omniglot_run, tmp_path):
+    run = copy_run(omniglot_run, tmp_path)
+    config = json.loads((run / rundir.CONFIG_FILE).read_text())
+    config["data"]["omniglot_inverted"] = True  # as a run trained on `prepare omniglot --invert` records it
+    (run / rundir.CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"trained on Omniglot prepared with --invert, .*pass the --data-dir it "
+                                        r"trained on, or build one with `reptile-tf prepare omniglot --invert"):
+        evaluate.evaluate_run(run, ("transductive",), tasks=2, chunk_size=2, progress=False)
+    assert not (run / rundir.EVAL_FILE).exists()
+
+
 def test_eval_json_for_both_modes(omniglot_run, tmp_path):
     run = copy_run(omniglot_run, tmp_path)
     result = evaluate.evaluate_run(run, rundir.EVAL_MODES, tasks=12, chunk_size=5, progress=False)

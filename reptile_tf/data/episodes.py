@@ -202,9 +202,21 @@ def omniglot_base(data_dir: str | os.PathLike) -> tuple[np.ndarray, list[str], d
     return images, characters, dict(builder.info.metadata.get("vinyals", {}))
 
 
-def omniglot_resize_filter(data_dir: str | os.PathLike) -> str:
-    """The resize filter the Omniglot in `data_dir` was prepared with (`reptile-tf prepare --resize-filter`)."""
-    return (_builder("omniglot", data_dir).info.metadata or {}).get("resize_filter", DEFAULT_RESIZE_FILTER)
+# omniglot_recipe's keys -> the `reptile-tf prepare omniglot` option that makes each
+OMNIGLOT_RECIPE_FLAGS = {"omniglot_resize_filter": "--resize-filter {}", "omniglot_inverted": "--invert"}
+
+
+def omniglot_recipe(data_dir: str | os.PathLike) -> dict[str, Any]:
+    """How the Omniglot in `data_dir` was prepared (`reptile-tf prepare --resize-filter/--invert`), as a
+    run's config.json records it under "data": only what differs from the default, so that the configs
+    of runs on default images stay as they were."""
+    metadata = _builder("omniglot", data_dir).info.metadata or {}
+    recipe: dict[str, Any] = {}
+    if metadata.get("resize_filter", DEFAULT_RESIZE_FILTER) != DEFAULT_RESIZE_FILTER:
+        recipe["omniglot_resize_filter"] = metadata["resize_filter"]
+    if metadata.get("inverted", False):
+        recipe["omniglot_inverted"] = True
+    return recipe
 
 
 def mini_imagenet_base(split: str, data_dir: str | os.PathLike) -> np.ndarray:

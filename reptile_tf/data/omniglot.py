@@ -18,6 +18,12 @@ edges instead, which is the common choice of later TF/PyTorch ports.)
 the official omniglot.py, stored as 0/255); use a separate --data-dir for it. The filter is
 recorded in the dataset metadata ("resize_filter") and changes the data digest of runs.
 
+Polarity: `reptile-tf prepare omniglot --invert` stores 255 - x instead (strokes bright,
+background 0): after the loader's x/255 that is exactly Finn's MAML code's `1.0 - image / 255`
+(`data_generator.py`). It matters to a network with zero padding: TF pads a stride-2 'SAME' conv
+of 28 pixels at the bottom and right, and the padding's 0 is background in his images but stroke
+in the archives' polarity. Recorded as "inverted" in the metadata; use its own --data-dir too.
+
 The Vinyals split files (`splits/vinyals/{train,val,test,trainval}.txt`) are copied into
 the dataset metadata so that loading never reaches back to the raw directory.
 """
@@ -62,11 +68,13 @@ def character_name(member: str) -> tuple[str, str, str] | None:
     return parts[1], parts[2], parts[3]
 
 
-def resize_drawing(png_bytes: bytes, resize_filter: str = DEFAULT_RESIZE_FILTER) -> np.ndarray:
+def resize_drawing(png_bytes: bytes, resize_filter: str = DEFAULT_RESIZE_FILTER,
+                   inverted: bool = False) -> np.ndarray:
     """One raw 105x105 1-bit PNG -> uint8 [28, 28, 1], background 255, strokes dark.
 
     "lanczos": 8-bit grayscale, LANCZOS. "nearest": the official code's `img.resize((28, 28))`
     of the 1-bit image (PIL always resizes mode '1' with NEAREST), binary 0/255.
+    `inverted`: 255 - that (background 0, strokes bright), Finn's MAML code's polarity.
     """
     from PIL import Image
 
@@ -75,9 +83,11 @@ def resize_drawing(png_bytes: bytes, resize_filter: str = DEFAULT_RESIZE_FILTER)
     with Image.open(io.BytesIO(png_bytes)) as img:
         if resize_filter == "nearest":
             binary = np.asarray(img.resize((IMAGE_SIZE, IMAGE_SIZE)), dtype=bool)
-            return (binary.astype(np.uint8) * 255)[:, :, None]
-        gray = img.convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), resample=Image.LANCZOS)
-        return np.asarray(gray, dtype=np.uint8)[:, :, None]
+            image = binary.astype(np.uint8) * 255
+        else:
+            image = np.asarray(img.convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), resample=Image.LANCZOS),
+                               dtype=np.uint8)
+    return (255 - image if inverted else image)[:, :, None]
 
 
 def list_drawings(raw_dir: Path) -> list[tuple[str, str, str, str]]:
@@ -113,6 +123,7 @@ class Omniglot(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version("1.0.0")
     # Set on the instance before download_and_prepare (`prepare(..., resize_filter=...)`).
     resize_filter = DEFAULT_RESIZE_FILTER
+    inverted = False
     RELEASE_NOTES = {"1.0.0": "All 1,623 characters, LANCZOS 28x28, Vinyals splits in metadata."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Run `reptile-tf fetch omniglot` first; it places images_background.zip, "
@@ -148,6 +159,8 @@ class Omniglot(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self.info.metadata["vinyals"] = read_vinyals_splits(raw_dir)
         if self.resize_filter != DEFAULT_RESIZE_FILTER:  # default datasets keep their metadata as before
             self.info.metadata["resize_filter"] = self.resize_filter
+        if self.inverted:
+            self.info.metadata["inverted"] = True
         char_ids = {name: i for i, name in enumerate(characters)}
         alpha_ids = {name: i for i, name in enumerate(alphabets)}
         return {
@@ -165,7 +178,7 @@ class Omniglot(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 if name is None:
                     continue
                 alphabet, character, drawing = name
-                image = Image.fromarray(resize_drawing(zf.read(member), self.resize_filter)[:, :, 0], mode="L")
+                image = Image.fromarray(resize_drawing(zf.read(member), self.resize_filter, self.inverted)[:, :, 0], mode="L")
                 yield member, {
                     "image": image,
                     "alphabet": alphabet,

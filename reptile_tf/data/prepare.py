@@ -70,11 +70,12 @@ def missing_raw_files(dataset: str, raw_dir: Path) -> list[str]:
 
 
 def prepare(dataset: str, raw_dir: str | os.PathLike, data_dir: str | os.PathLike,
-            resize_filter: str | None = None, progress: bool | str = True) -> None:
+            resize_filter: str | None = None, progress: bool | str = True, inverted: bool | None = None) -> None:
     """Build the TFDS dataset `dataset` from the fetched files in `raw_dir` into `data_dir`.
 
     `resize_filter` (Omniglot only): "lanczos" (default) or "nearest" (the official code's
-    preprocessing); build the non-default one into its own `data_dir`.
+    preprocessing); `inverted` (Omniglot only): strokes bright on 0, Finn's MAML code's polarity.
+    Build a non-default variant into its own `data_dir`; None = whatever `data_dir` holds.
     `progress`: True = TFDS's bars on a terminal, plain lines otherwise; False = neither; or a
     `reptile_tf.progress` mode.
 
@@ -85,17 +86,23 @@ def prepare(dataset: str, raw_dir: str | os.PathLike, data_dir: str | os.PathLik
     registry.get(dataset, among=DATASETS)
     raw_dir = Path(raw_dir)
     builder = get_builder(dataset, data_dir)
-    if resize_filter is not None:
+    if resize_filter is not None and resize_filter not in omniglot.RESIZE_FILTERS:
+        raise UserError(f"unknown resize filter {resize_filter!r}; choose one of {', '.join(omniglot.RESIZE_FILTERS)}")
+    # (metadata key = builder attribute, requested, default, the option that asks for it, its wording)
+    for key, requested, default, option, describe in (
+            ("resize_filter", resize_filter, omniglot.DEFAULT_RESIZE_FILTER, "--resize-filter",
+             lambda value: f"resize filter {value!r}"),
+            ("inverted", inverted, False, "--invert",
+             lambda value: "inverted images (--invert)" if value else "the archives' polarity (no --invert)")):
+        if requested is None:
+            continue
         if dataset != "omniglot":
-            raise UserError("--resize-filter applies to omniglot only")
-        if resize_filter not in omniglot.RESIZE_FILTERS:
-            raise UserError(f"unknown resize filter {resize_filter!r}; choose one of {', '.join(omniglot.RESIZE_FILTERS)}")
-        recorded = (builder.info.metadata or {}).get("resize_filter", omniglot.DEFAULT_RESIZE_FILTER) \
-            if is_prepared(builder) else resize_filter
-        if recorded != resize_filter:
-            raise UserError(f"omniglot in {data_dir} was prepared with resize filter {recorded!r}, not "
-                            f"{resize_filter!r}; use another --data-dir")
-        builder.resize_filter = resize_filter
+            raise UserError(f"{option} applies to omniglot only")
+        recorded = (builder.info.metadata or {}).get(key, default) if is_prepared(builder) else requested
+        if recorded != requested:
+            raise UserError(f"omniglot in {data_dir} was prepared with {describe(recorded)}, not "
+                            f"{describe(requested)}; use another --data-dir")
+        setattr(builder, key, requested)
     if is_prepared(builder):
         log.info("%s already prepared in %s; nothing to do", dataset, builder.data_dir)
         return
@@ -209,6 +216,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resize-filter", choices=("lanczos", "nearest"), default=None,
                         help="omniglot only: 28x28 resize filter (default lanczos; nearest = official code, "
                              "binary images; give it its own --data-dir)")
+    parser.add_argument("--invert", action="store_true",
+                        help="omniglot only: strokes bright on a 0 background, as Finn's MAML code feeds them "
+                             "(1 - x/255); give it its own --data-dir")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars: plain progress lines instead, as when stderr is not a terminal "
                              "(logs)")
@@ -218,7 +228,8 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     raw_dir = args.raw if args.raw is not None else default_raw_dir(args.dataset)
     prepare(args.dataset, raw_dir, args.data_dir, getattr(args, "resize_filter", None),
-            progress=cli_mode(getattr(args, "no_progress", False)))
+            progress=cli_mode(getattr(args, "no_progress", False)),
+            inverted=True if getattr(args, "invert", False) else None)
     counts = found_counts(args.dataset, args.data_dir)
     if counts:
         print(json.dumps({args.dataset: summarize_counts(counts)}, indent=2))

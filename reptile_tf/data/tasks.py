@@ -17,7 +17,6 @@ import numpy as np
 import tensorflow as tf
 
 from reptile_tf.data import episodes
-from reptile_tf.data.omniglot import DEFAULT_RESIZE_FILTER
 from reptile_tf.datasets import DEFAULT_DATA_DIR
 from reptile_tf.errors import UserError
 from reptile_tf.seeds import EVAL_KEY, EVAL_SEED, VALIDATION_SEED
@@ -102,9 +101,7 @@ def make_task_source(settings: Settings, data_dir: Path | None, protocol: str,
     info = {"train_split": "train", "train_shape": list(images.shape), "digest": array_digest(images.numpy()),
             "validation": validation_source(settings, protocol)}
     if settings.dataset == "omniglot" and train_images is None:
-        resize_filter = episodes.omniglot_resize_filter(data_dir)
-        if resize_filter != DEFAULT_RESIZE_FILTER:  # recorded only when not the default: older configs stay as they were
-            info["omniglot_resize_filter"] = resize_filter
+        info.update(episodes.omniglot_recipe(data_dir))
     if settings.dataset == "omniglot" and protocol == "reptile":
         val_images = images
     else:
@@ -118,6 +115,21 @@ def make_task_source(settings: Settings, data_dir: Path | None, protocol: str,
                                                    settings.eval_queries, val_seed),
         info=info,
     )
+
+
+def check_omniglot_recipe(run_data: dict[str, Any], data_dir: Path) -> None:
+    """Refuse to score a run on Omniglot prepared otherwise than the images it trained on (its
+    config.json "data"): a model trained on inverted or NEAREST images scores lower on the others."""
+    trained = {key: run_data[key] for key in episodes.OMNIGLOT_RECIPE_FLAGS if key in run_data}
+    found = episodes.omniglot_recipe(data_dir)
+    if trained != found:
+        def flags(recipe: dict[str, Any]) -> str:
+            return " ".join(episodes.OMNIGLOT_RECIPE_FLAGS[key].format(value) for key, value in recipe.items())
+        prepare = " ".join(filter(None, ("reptile-tf prepare omniglot", flags(trained), "--data-dir NEW_DIR")))
+        raise UserError(
+            f"this run trained on Omniglot prepared with {flags(trained) or 'the default options'}, but "
+            f"{data_dir} holds Omniglot prepared with {flags(found) or 'the default options'}; pass the "
+            f"--data-dir it trained on, or build one with `{prepare}`")
 
 
 # eval.json's record of `rotate_classes` (Finn's MAML Omniglot test protocol)

@@ -287,6 +287,37 @@ def test_nearest_resize_is_the_official_reptile_and_maml_pipeline(omniglot_raw_d
         omniglot.resize_drawing(png, "bicubic")
 
 
+def test_prepare_with_invert_stores_finns_polarity_records_it_and_runs_are_checked_against_it(
+        tiny_omniglot, tmp_path):
+    import tensorflow as tf
+
+    from reptile_tf.data.tasks import check_omniglot_recipe
+
+    nearest, inverted = tmp_path / "tfds_nearest", tmp_path / "tfds_finn"
+    P.prepare("omniglot", tiny_omniglot, nearest, resize_filter="nearest")
+    P.prepare("omniglot", tiny_omniglot, inverted, resize_filter="nearest", inverted=True)
+    ours, finns = E.omniglot_base(nearest)[0], E.omniglot_base(inverted)[0]
+    np.testing.assert_array_equal(finns, 255 - ours)
+    # the loader's x/255 of the stored images is exactly Finn's `1.0 - image / 255` of ours
+    classes, picks = tf.constant([[0, 1, 2]]), tf.constant([[0, 1, 1]])
+    np.testing.assert_array_equal(E.gather_images(finns, classes, picks).numpy(),
+                                  1.0 - ours[[0, 1, 2], [0, 1, 1]][None].astype(np.float32) / 255.0)
+    assert E.omniglot_recipe(inverted) == {"omniglot_resize_filter": "nearest", "omniglot_inverted": True}
+    assert E.omniglot_recipe(nearest) == {"omniglot_resize_filter": "nearest"}
+    P.prepare("omniglot", tiny_omniglot, inverted, inverted=True)  # idempotent
+    with pytest.raises(UserError, match=r"prepared with inverted images \(--invert\), not the archives' polarity"):
+        P.prepare("omniglot", tiny_omniglot, inverted, inverted=False)
+    with pytest.raises(UserError, match="prepared with the archives' polarity"):
+        P.prepare("omniglot", tiny_omniglot, nearest, inverted=True)
+    # a run is scored only on the images it trained on (its config.json "data")
+    check_omniglot_recipe({"digest": "x", "omniglot_resize_filter": "nearest", "omniglot_inverted": True}, inverted)
+    with pytest.raises(UserError, match=r"trained on Omniglot prepared with --resize-filter nearest, but .*tfds_finn "
+                                        r"holds Omniglot prepared with --resize-filter nearest --invert"):
+        check_omniglot_recipe({"omniglot_resize_filter": "nearest"}, inverted)
+    with pytest.raises(UserError, match=r"the default options, .*`reptile-tf prepare omniglot --data-dir NEW_DIR`"):
+        check_omniglot_recipe({}, nearest)
+
+
 def test_prepare_with_nearest_resize_builds_binary_images_and_records_it(tiny_omniglot, tmp_path):
     data_dir = tmp_path / "tfds_nearest"
     P.prepare("omniglot", tiny_omniglot, data_dir, resize_filter="nearest")
