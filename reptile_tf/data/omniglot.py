@@ -178,7 +178,8 @@ class Omniglot(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 if name is None:
                     continue
                 alphabet, character, drawing = name
-                image = Image.fromarray(resize_drawing(zf.read(member), self.resize_filter, self.inverted)[:, :, 0], mode="L")
+                pixels = resize_drawing(zf.read(member), self.resize_filter, self.inverted)
+                image = Image.fromarray(pixels[:, :, 0], mode="L")
                 yield member, {
                     "image": image,
                     "alphabet": alphabet,
