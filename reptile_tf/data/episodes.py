@@ -32,7 +32,7 @@ import numpy as np
 
 from reptile_tf import datasets as registry
 from reptile_tf.data import prepare as prep
-from reptile_tf.data.omniglot import DEFAULT_RESIZE_FILTER
+from reptile_tf.data.omniglot import RECIPE_OPTIONS
 from reptile_tf.errors import UserError
 from reptile_tf.io import atomic_path, read_json, write_json_atomic
 
@@ -202,21 +202,18 @@ def omniglot_base(data_dir: str | os.PathLike) -> tuple[np.ndarray, list[str], d
     return images, characters, dict(builder.info.metadata.get("vinyals", {}))
 
 
-# omniglot_recipe's keys -> the `reptile-tf prepare omniglot` option that makes each
-OMNIGLOT_RECIPE_FLAGS = {"omniglot_resize_filter": "--resize-filter {}", "omniglot_inverted": "--invert"}
-
-
 def omniglot_recipe(data_dir: str | os.PathLike) -> dict[str, Any]:
     """How the Omniglot in `data_dir` was prepared (`reptile-tf prepare --resize-filter/--invert`), as a
     run's config.json records it under "data": only what differs from the default, so that the configs
     of runs on default images stay as they were."""
     metadata = _builder("omniglot", data_dir).info.metadata or {}
-    recipe: dict[str, Any] = {}
-    if metadata.get("resize_filter", DEFAULT_RESIZE_FILTER) != DEFAULT_RESIZE_FILTER:
-        recipe["omniglot_resize_filter"] = metadata["resize_filter"]
-    if metadata.get("inverted", False):
-        recipe["omniglot_inverted"] = True
-    return recipe
+    return {f"omniglot_{key}": metadata[key] for key, (default, _) in RECIPE_OPTIONS.items()
+            if metadata.get(key, default) != default}
+
+
+def omniglot_prepare_flags(recipe: dict[str, Any]) -> str:
+    """The `reptile-tf prepare omniglot` options that build the images an `omniglot_recipe` describes."""
+    return " ".join(RECIPE_OPTIONS[key.removeprefix("omniglot_")][1].format(value) for key, value in recipe.items())
 
 
 def mini_imagenet_base(split: str, data_dir: str | os.PathLike) -> np.ndarray:

@@ -53,6 +53,9 @@ DRAWINGS_PER_CHARACTER = 20
 # protocol's shuffle starts from (`episodes.reptile_characters` holds that protocol).
 RESIZE_FILTERS = ("lanczos", "nearest")
 DEFAULT_RESIZE_FILTER = "lanczos"
+# What `reptile-tf prepare omniglot` can change: builder attribute = metadata key -> (default, the
+# option that asks for a value). Only values other than the default are recorded.
+RECIPE_OPTIONS = {"resize_filter": (DEFAULT_RESIZE_FILTER, "--resize-filter {}"), "inverted": (False, "--invert")}
 
 
 def raw_files(raw_dir: Path) -> list[Path]:
@@ -157,10 +160,9 @@ class Omniglot(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self.info.metadata["characters"] = characters
         self.info.metadata["images_found"] = counts
         self.info.metadata["vinyals"] = read_vinyals_splits(raw_dir)
-        if self.resize_filter != DEFAULT_RESIZE_FILTER:  # default datasets keep their metadata as before
-            self.info.metadata["resize_filter"] = self.resize_filter
-        if self.inverted:
-            self.info.metadata["inverted"] = True
+        for key, (default, _) in RECIPE_OPTIONS.items():  # default datasets keep their metadata as before
+            if getattr(self, key) != default:
+                self.info.metadata[key] = getattr(self, key)
         char_ids = {name: i for i, name in enumerate(characters)}
         alpha_ids = {name: i for i, name in enumerate(alphabets)}
         return {

@@ -88,12 +88,12 @@ def prepare(dataset: str, raw_dir: str | os.PathLike, data_dir: str | os.PathLik
     builder = get_builder(dataset, data_dir)
     if resize_filter is not None and resize_filter not in omniglot.RESIZE_FILTERS:
         raise UserError(f"unknown resize filter {resize_filter!r}; choose one of {', '.join(omniglot.RESIZE_FILTERS)}")
-    # (metadata key = builder attribute, requested, default, the option that asks for it, its wording)
-    for key, requested, default, option, describe in (
-            ("resize_filter", resize_filter, omniglot.DEFAULT_RESIZE_FILTER, "--resize-filter",
-             lambda value: f"resize filter {value!r}"),
-            ("inverted", inverted, False, "--invert",
-             lambda value: "inverted images (--invert)" if value else "the archives' polarity (no --invert)")):
+    requests = {"resize_filter": resize_filter, "inverted": inverted}
+    wording = {"resize_filter": lambda value: f"resize filter {value!r}",
+               "inverted": lambda value: ("inverted images (--invert)" if value
+                                          else "the archives' polarity (no --invert)")}
+    for key, (default, option) in omniglot.RECIPE_OPTIONS.items():
+        requested, describe, option = requests[key], wording[key], option.split()[0]
         if requested is None:
             continue
         if dataset != "omniglot":

@@ -120,11 +120,10 @@ def make_task_source(settings: Settings, data_dir: Path | None, protocol: str,
 def check_omniglot_recipe(run_data: dict[str, Any], data_dir: Path) -> None:
     """Refuse to score a run on Omniglot prepared otherwise than the images it trained on (its
     config.json "data"): a model trained on inverted or NEAREST images scores lower on the others."""
-    trained = {key: run_data[key] for key in episodes.OMNIGLOT_RECIPE_FLAGS if key in run_data}
+    trained = {key: value for key, value in run_data.items() if key.startswith("omniglot_")}
     found = episodes.omniglot_recipe(data_dir)
     if trained != found:
-        def flags(recipe: dict[str, Any]) -> str:
-            return " ".join(episodes.OMNIGLOT_RECIPE_FLAGS[key].format(value) for key, value in recipe.items())
+        flags = episodes.omniglot_prepare_flags
         prepare = " ".join(filter(None, ("reptile-tf prepare omniglot", flags(trained), "--data-dir NEW_DIR")))
         raise UserError(
             f"this run trained on Omniglot prepared with {flags(trained) or 'the default options'}, but "
